@@ -1,0 +1,62 @@
+"""Exception types of dask-lsio.
+
+IO failures are the builtin ``OSError`` subclasses (``FileNotFoundError``, ``PermissionError``
+...) with ``errno`` and ``filename`` set and the operation and byte range in the message and in
+the ``operation``, ``offset`` and ``length`` attributes. A batch with failures raises them
+together as a :class:`BatchIOError`.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class LSIOError(Exception):
+    """Base class of the errors raised by dask-lsio itself."""
+
+
+class EngineUnavailableError(LSIOError, RuntimeError):
+    """An engine was asked for explicitly and cannot run here; the message says why."""
+
+
+class BatchIOError(ExceptionGroup, LSIOError):
+    """Some requests of a batch failed; ``exceptions`` holds one ``OSError`` per failure."""
+
+    def derive(self, excs):  # keeps the type through except* and split()
+        return BatchIOError(self.message, excs)
+
+
+def io_error(
+    err: int,
+    path: str,
+    operation: str,
+    offset: int | None = None,
+    length: int | None = None,
+) -> OSError:
+    """An ``OSError`` of the subclass matching ``err`` that names the path and byte range.
+
+    Parameters
+    ----------
+    err : int
+        A positive errno.
+    path : str
+        The object the request was about.
+    operation : str
+        What failed, e.g. ``"open"``, ``"read"``, ``"rename"``.
+    offset, length : int, optional
+        The byte range of a read; a negative offset with no length is a suffix.
+    """
+    where = _describe_range(offset, length)
+    exc = OSError(err, f"{os.strerror(err)} ({operation}{where})", path)
+    exc.operation = operation
+    exc.offset = offset
+    exc.length = length
+    return exc
+
+
+def _describe_range(offset: int | None, length: int | None) -> str:
+    if offset is None:
+        return ""
+    if length is None:
+        return f", last {-offset} bytes" if offset < 0 else f", bytes {offset}-EOF"
+    return f", bytes {offset}-{offset + length}"

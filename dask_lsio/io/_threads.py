@@ -1,0 +1,200 @@
+"""The thread engine: the same batches and results as io_uring, over os.pread-style calls.
+
+Used where io_uring cannot run. Requests are handed to the engine's own thread pool in groups
+(one hand-off per group, not per request); the GIL is released inside each syscall.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+
+from .. import config
+from . import _batch
+from ._buffers import ALIGN
+from .engine import Engine
+
+ST_OPEN, ST_STAT, ST_IO, ST_FSYNC, ST_RENAME, ST_UNLINK = 1, 2, 3, 4, 5, 7
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+class ThreadEngine(Engine):
+    """Reads and writes with a pool of threads; the fallback where io_uring is unavailable.
+
+    Parameters
+    ----------
+    threads : int, optional
+        Worker threads (default ``lsio.threads``).
+    direct_io : bool, optional
+        Read with O_DIRECT (default ``lsio.direct-io``).
+    """
+
+    kind = "threads"
+
+    def __init__(self, threads: int | None = None, direct_io: bool | None = None) -> None:
+        super().__init__(direct_io=direct_io)
+        self.threads = int(config.get("threads", threads))
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lsio-io")
+
+    def _run(self, batch: _batch.Batch) -> Iterator[np.ndarray]:
+        n = len(batch)
+        if n == 0:
+            return
+        work = {_batch.READ: _read_one, _batch.WRITE: _write_one, _batch.DELETE: _delete_one}
+        do = work[batch.kind]
+        fsync = self.fsync
+        slab_read = batch.kind == _batch.READ and batch.views is None
+        whole = memoryview(batch.keep[0]) if slab_read else None
+        group = max(1, min(64, n // (4 * self.threads)))
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        cancelled = False
+
+        def run_group(lo: int, hi: int) -> None:
+            end = lo
+            try:
+                while end < hi and not cancelled:
+                    do(batch, end, whole, fsync)
+                    end += 1
+            finally:
+                done.put((lo, end))
+
+        futures = [self._pool.submit(run_group, lo, min(lo + group, n)) for lo in range(0, n, group)]
+        try:
+            for _ in futures:
+                lo, hi = done.get()
+                if hi > lo:
+                    yield np.arange(lo, hi, dtype=np.int64)
+        finally:
+            cancelled = True
+            for f in futures:
+                f.cancel()
+            for f in futures:  # groups still running write into our buffers: wait for them
+                if not f.cancelled():
+                    f.exception()
+
+    def _close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _read_one(batch: _batch.Batch, i: int, whole: memoryview | None, fsync: bool) -> None:
+    """Read request ``i`` into its buffer, as _uring.c's state machine does."""
+    if batch.views is not None:
+        view = batch.views[i]
+    else:
+        at = int(batch.keep[1][i])
+        view = whole[at : at + int(batch.caps[i])]
+    stage = ST_OPEN
+    try:
+        direct = batch.direct
+        fd = _open_read(batch.paths[i], direct)
+        if fd < 0:
+            direct, fd = False, -fd - 1
+        try:
+            stage = ST_STAT
+            offset, length = int(batch.offsets[i]), int(batch.lengths[i])
+            if length < 0 and offset < 0:
+                size = os.fstat(fd).st_size
+                offset = max(0, size + offset)
+                length = size - offset
+            stage = ST_IO
+            _read_range(batch, i, fd, view, offset, length, direct)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        batch.err[i] = e.errno or 5
+        batch.stage[i] = stage
+        batch.nbytes[i] = 0
+        batch.own.pop(i, None)
+
+
+def _open_read(path: str, direct: bool) -> int:
+    """A descriptor for reading; ``-fd - 1`` when O_DIRECT was refused and dropped."""
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    if not direct:
+        return os.open(path, flags)
+    try:
+        return os.open(path, flags | _O_DIRECT)
+    except OSError as e:
+        if e.errno != 22:  # EINVAL: the file system refuses O_DIRECT (tmpfs)
+            raise
+    return -os.open(path, flags) - 1
+
+
+def _read_range(batch, i, fd, view, offset, length, direct) -> None:
+    base = offset & ~(ALIGN - 1) if direct else offset
+    cap = len(view)
+    if length >= 0:
+        end = offset + length
+        want = min(((end + ALIGN - 1) // ALIGN * ALIGN if direct else end) - base, cap)
+    else:
+        want = cap & ~(ALIGN - 1) if direct else cap
+    done = _pread_full(fd, view[:want], base, direct)
+    if length < 0 and done == want and batch.grow:
+        # to EOF and the buffer is full: the file is larger than the hint
+        rest = os.fstat(fd).st_size - base
+        if rest > done:
+            big = mmap.mmap(-1, (rest + ALIGN - 1) // ALIGN * ALIGN)
+            big[:done] = view[:done]
+            done += _pread_full(fd, memoryview(big)[done:], base + done, direct)
+            batch.own[i] = big
+    start = offset - base
+    got = max(0, done - start)
+    batch.start[i] = start
+    batch.nbytes[i] = got if length < 0 else min(got, length)
+
+
+def _pread_full(fd: int, view: memoryview, offset: int, direct: bool) -> int:
+    """Fill ``view`` from ``offset`` unless EOF comes first (short reads are resumed)."""
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+        if direct and done < len(view):
+            break  # O_DIRECT comes back short only at EOF
+    return done
+
+
+def _write_one(batch: _batch.Batch, i: int, whole: object, fsync: bool) -> None:
+    """Write object ``i`` to its temporary name, then rename it into place."""
+    tmp = batch.tmp_paths[i]
+    stage = ST_OPEN
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        try:
+            stage = ST_IO
+            view, done = batch.views[i], 0
+            while done < len(view):
+                done += os.pwrite(fd, view[done:], done)
+            if fsync:
+                stage = ST_FSYNC
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        stage = ST_RENAME
+        os.rename(tmp, batch.paths[i])
+        batch.nbytes[i] = done
+    except OSError as e:
+        batch.err[i] = e.errno or 5
+        batch.stage[i] = stage
+        if stage > ST_OPEN:  # no partial object may remain
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def _delete_one(batch: _batch.Batch, i: int, whole: object, fsync: bool) -> None:
+    try:
+        os.unlink(batch.paths[i])
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        batch.err[i] = e.errno or 5
+        batch.stage[i] = ST_UNLINK

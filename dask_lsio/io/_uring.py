@@ -1,0 +1,202 @@
+"""The io_uring engine: batches run in C (``_uring.c``) on one ring per calling thread.
+
+A ring is created with SINGLE_ISSUER|DEFER_TASKRUN where the kernel has them, so it must stay
+with the thread that first submits on it: each thread gets its own rings (a second one only
+when a thread interleaves two batches, e.g. two ``read_iter`` generators). Waiting happens
+inside C with the GIL released (cffi releases it around every call).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Iterator
+
+import numpy as np
+
+from .. import config
+from ..errors import EngineUnavailableError
+from . import _batch
+from .engine import Engine
+
+try:  # built at install time; absent when liburing's headers were missing
+    from ._uring_ext import ffi, lib
+except ImportError:  # pragma: no cover - depends on the build
+    ffi = lib = None
+
+WANT_SINGLE_ISSUER = 1
+_STEP = 4096  # finished indices handed to Python per step
+
+
+class _Ring:
+    """One io_uring instance and its fixed-file table, used by one thread at a time."""
+
+    def __init__(self, depth: int, iowq_workers: int) -> None:
+        err = ffi.new("int *")
+        ptr = lib.lsio_ring_open(depth, WANT_SINGLE_ISSUER, iowq_workers, err)
+        if ptr == ffi.NULL:
+            raise OSError(err[0], f"cannot create an io_uring of depth {depth}")
+        self.ptr = ptr
+        self.busy = False
+
+    def close(self) -> None:
+        if self.ptr is not None:
+            lib.lsio_ring_close(self.ptr)
+            self.ptr = None
+
+
+class _ThreadRings:
+    """The rings of one thread; closed when the thread ends (its thread-local goes away)."""
+
+    def __init__(self) -> None:
+        self.rings: list[_Ring] = []
+
+    def close(self) -> None:
+        for ring in self.rings:
+            if not ring.busy:
+                ring.close()
+        self.rings = [r for r in self.rings if r.busy]
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class IoUringEngine(Engine):
+    """Reads and writes through io_uring (liburing), many files and ranges per syscall.
+
+    Parameters
+    ----------
+    queue_depth : int, optional
+        Ring entries, and files in flight per batch (default ``lsio.queue-depth``).
+    iowq_max_workers : int, optional
+        io-wq's bounded worker limit per thread (default ``lsio.iowq-max-workers``).
+    direct_io : bool, optional
+        Read with O_DIRECT (default ``lsio.direct-io``).
+    """
+
+    kind = "io_uring"
+
+    def __init__(
+        self,
+        queue_depth: int | None = None,
+        iowq_max_workers: int | None = None,
+        direct_io: bool | None = None,
+    ) -> None:
+        if lib is None:
+            raise EngineUnavailableError(
+                "dask-lsio was built without liburing: install liburing-dev and reinstall"
+            )
+        super().__init__(direct_io=direct_io)
+        self.queue_depth = int(config.get("queue-depth", queue_depth))
+        self.iowq_max_workers = int(config.get("iowq-max-workers", iowq_max_workers))
+        self._local = threading.local()
+        self._all: weakref.WeakSet[_ThreadRings] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        # Fail now, not in the first task, when rings cannot be created here.
+        self._release(self._acquire())
+
+    def _acquire(self) -> _Ring:
+        rings = getattr(self._local, "rings", None)
+        if rings is None:
+            rings = self._local.rings = _ThreadRings()
+            with self._lock:
+                self._all.add(rings)
+        for ring in rings.rings:
+            if not ring.busy:
+                break
+        else:
+            ring = _Ring(self.queue_depth, self.iowq_max_workers)
+            rings.rings.append(ring)
+        ring.busy = True
+        return ring
+
+    def _release(self, ring: _Ring) -> None:
+        ring.busy = False
+        if self.closed:
+            ring.close()
+
+    @property
+    def ring_flags(self) -> int:
+        """The io_uring setup flags the kernel granted (SINGLE_ISSUER is 1 << 12)."""
+        ring = self._acquire()
+        try:
+            return int(lib.lsio_ring_flags(ring.ptr))
+        finally:
+            self._release(ring)
+
+    def _run(self, batch: _batch.Batch) -> Iterator[np.ndarray]:
+        n = len(batch)
+        if n == 0:
+            return
+        reqs = ffi.new("lsio_req[]", n)
+        keep = _fill(reqs, batch)
+        ring = self._acquire()
+        finished = False
+        try:
+            lib.lsio_batch_start(ring.ptr, reqs, n, int(batch.direct), int(self.fsync))
+            out = np.empty(min(n, _STEP), dtype=np.int64)
+            out_ptr = ffi.from_buffer("int64_t[]", out)
+            grown = np.zeros(n, dtype=np.uint64)
+            while True:
+                k = lib.lsio_batch_step(ring.ptr, out_ptr, len(out))
+                if k < 0:
+                    raise OSError(-k, "io_uring_enter failed")
+                if k == 0:
+                    break
+                done = out[:k].copy()
+                _collect(reqs, done, batch, grown)
+                yield done
+            finished = True
+        finally:
+            if not finished:  # the kernel may still write into our buffers: drain first
+                lib.lsio_batch_cancel(ring.ptr)
+                _collect(reqs, np.arange(n, dtype=np.int64), batch, grown)  # frees grown
+            self._release(ring)
+            del keep
+
+    def _close(self) -> None:
+        with self._lock:
+            for rings in list(self._all):
+                rings.close()
+
+
+def _fill(reqs, batch: _batch.Batch) -> list:
+    """Fill the C request array from the batch's columns; return what must stay alive."""
+    n = len(batch)
+    blob, path_at = _batch.encode_paths(batch.paths)
+    c_blob = ffi.from_buffer(blob)
+    keep = [blob, path_at, c_blob]
+    if batch.kind == _batch.READ:
+        lib.lsio_fill_reads(
+            reqs, n, c_blob, _i64(path_at), _i64(batch.offsets), _i64(batch.lengths),
+            ffi.from_buffer("uint64_t[]", batch.addrs), _i64(batch.caps), int(batch.grow),
+        )
+    elif batch.kind == _batch.WRITE:
+        tmp_blob, tmp_at = _batch.encode_paths(batch.tmp_paths)
+        c_tmp = ffi.from_buffer(tmp_blob)
+        keep += [tmp_blob, tmp_at, c_tmp]
+        lib.lsio_fill_writes(
+            reqs, n, c_blob, _i64(path_at), c_tmp, _i64(tmp_at),
+            ffi.from_buffer("uint64_t[]", batch.addrs), _i64(batch.lengths),
+        )
+    else:
+        lib.lsio_fill_deletes(reqs, n, c_blob, _i64(path_at))
+    return keep
+
+
+def _i64(arr: np.ndarray):
+    return ffi.from_buffer("int64_t[]", np.ascontiguousarray(arr, dtype=np.int64))
+
+
+def _collect(reqs, done: np.ndarray, batch: _batch.Batch, grown: np.ndarray) -> None:
+    """Copy the outcome of finished requests into the batch; adopt buffers C had to grow."""
+    lib.lsio_collect(
+        reqs, ffi.from_buffer("int64_t[]", done), len(done),
+        ffi.from_buffer("int32_t[]", batch.err), ffi.from_buffer("int32_t[]", batch.stage),
+        ffi.from_buffer("int64_t[]", batch.start), ffi.from_buffer("int64_t[]", batch.nbytes),
+        ffi.from_buffer("uint64_t[]", grown),
+    )
+    for i in np.flatnonzero(grown[done]).tolist():
+        idx = int(done[i])
+        ptr = ffi.gc(ffi.cast("char *", int(grown[idx])), lib.lsio_free)
+        batch.own[idx] = ffi.buffer(ptr, int(batch.start[idx] + batch.nbytes[idx]))

@@ -1,0 +1,211 @@
+"""The engine interface: read, write and delete many files and byte ranges per call.
+
+:class:`Engine` implements the public methods once; an engine supplies ``_run``, which runs
+one :class:`~dask_lsio.io._batch.Batch` and yields the indices of requests as they finish.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Iterable, Iterator, Literal, Sequence
+
+import numpy as np
+
+from .. import config
+from ..errors import BatchIOError
+from . import _batch
+from ._buffers import BufferPool
+from .requests import ReadRequest
+
+Errors = Literal["raise", "return"]
+
+
+class Engine(ABC):
+    """An IO engine; get one with :func:`dask_lsio.io.get_engine`.
+
+    Every method takes a whole batch and is safe to call from many threads at once.
+    Read results are memoryviews over recycled buffers: keep them as long as needed, the
+    memory is reused only after the last view into it is gone.
+
+    Parameters
+    ----------
+    direct_io : bool, optional
+        Read with O_DIRECT (default: ``lsio.direct-io``).
+    """
+
+    kind: str = ""
+
+    def __init__(self, direct_io: bool | None = None) -> None:
+        self.direct_io = bool(config.get("direct-io", direct_io))
+        self.size_hint = config.get_bytes("read-size-hint")
+        self.batch_bytes = config.get_bytes("batch-bytes")
+        self.fsync = bool(config.get("fsync"))
+        self.pool = BufferPool(config.get_bytes("buffer-pool-bytes"))
+        self.closed = False
+
+    # -- what an engine implements -------------------------------------------------------
+    @abstractmethod
+    def _run(self, batch: _batch.Batch) -> Iterator[np.ndarray]:
+        """Run ``batch``, filling its outcome arrays; yield indices of finished requests."""
+
+    def _close(self) -> None:
+        """Release the engine's own resources (rings, threads)."""
+
+    # -- reads ---------------------------------------------------------------------------
+    def read(
+        self,
+        requests: Sequence[ReadRequest],
+        errors: Errors = "raise",
+        size_hint: int | None = None,
+    ) -> list[Any]:
+        """Read every request; return the buffers in request order.
+
+        Parameters
+        ----------
+        requests : sequence of ReadRequest
+        errors : {"raise", "return"}
+            "raise": after all requests finished, raise a :class:`BatchIOError` holding one
+            ``OSError`` per failed request. "return": a failed request's slot holds its
+            exception.
+        size_hint : int, optional
+            Expected size of reads to EOF (default ``lsio.read-size-hint``); larger files are
+            read in full all the same.
+
+        Returns
+        -------
+        list of memoryview (or OSError with errors="return")
+        """
+        out: list[Any] = [None] * len(requests)
+        for i, buf in self.read_iter(requests, errors="return", size_hint=size_hint):
+            out[i] = buf
+        return _check(out, errors, "reads")
+
+    def read_iter(
+        self,
+        requests: Sequence[ReadRequest],
+        errors: Errors = "raise",
+        size_hint: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, buffer)`` in completion order while the batch is in flight.
+
+        With errors="raise" the failures are raised together once every request finished;
+        with errors="return" they are yielded as ``(index, exception)``. Closing the
+        generator early waits for the requests in flight and starts no more.
+        """
+        _check_errors_arg(errors)
+        paths, offsets, lengths = _batch.request_columns(requests)
+        yield from self._read_columns(paths, offsets, lengths, errors, size_hint)
+
+    def read_ranges(
+        self,
+        paths: Sequence[str],
+        offsets: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
+        errors: Errors = "raise",
+        size_hint: int | None = None,
+    ) -> Iterator[tuple[int, Any]]:
+        """:meth:`read_iter` over columns: ``lengths`` of -1 read to EOF (the fast path for
+        callers that already hold arrays, such as the zarr layer)."""
+        _check_errors_arg(errors)
+        n = len(paths)
+        offsets = np.zeros(n, np.int64) if offsets is None else np.asarray(offsets, np.int64)
+        lengths = np.full(n, -1, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        if np.any((lengths >= 0) & (offsets < 0)) or np.any(lengths < -1):
+            raise ValueError("a negative offset needs length -1 (a suffix); lengths are >= -1")
+        yield from self._read_columns(list(paths), offsets, lengths, errors, size_hint)
+
+    def _read_columns(self, paths, offsets, lengths, errors, size_hint):
+        self._check_open()
+        hint = max(int(size_hint or self.size_hint), 1)
+        failed: list[OSError] = []
+        for batch in _batch.plan_reads(
+            paths, offsets, lengths, self.pool, hint, self.direct_io, self.batch_bytes
+        ):
+            for done in self._run(batch):
+                for i, res in zip(done.tolist(), _batch.slab_results(batch, done)):
+                    if isinstance(res, OSError) and errors == "raise":
+                        failed.append(res)
+                    else:
+                        yield batch.first + i, res
+        if failed:
+            raise BatchIOError(f"{len(failed)} of {len(paths)} reads failed", failed)
+
+    def read_into(
+        self,
+        requests: Sequence[ReadRequest],
+        buffers: Sequence[Any],
+        errors: Errors = "raise",
+    ) -> list[Any]:
+        """Read each request into the caller's writable buffer of the same index.
+
+        A read stops at the end of its range, the end of the file or the end of its buffer,
+        whichever comes first. Returns the bytes read per request (or exceptions, with
+        errors="return").
+        """
+        _check_errors_arg(errors)
+        self._check_open()
+        batch = _batch.plan_into(requests, buffers, self.direct_io)
+        for _ in self._run(batch):
+            pass
+        out = [batch.error(i) if batch.err[i] else int(batch.nbytes[i]) for i in range(len(batch))]
+        return _check(out, errors, "reads")
+
+    # -- writes --------------------------------------------------------------------------
+    def write(self, items: Iterable[tuple[Any, Any]], errors: Errors = "raise") -> list[Any]:
+        """Write objects atomically: each ``(path, data)`` goes to a temporary name in the same
+        directory and is renamed into place, so a reader sees the old object or the new one,
+        never a torn one. Parent directories are created. Returns bytes written per item."""
+        _check_errors_arg(errors)
+        self._check_open()
+        batch = _batch.plan_writes(list(items))
+        for _ in self._run(batch):
+            pass
+        out = [batch.error(i) if batch.err[i] else int(batch.nbytes[i]) for i in range(len(batch))]
+        return _check(out, errors, "writes")
+
+    def delete(self, paths: Iterable[Any], errors: Errors = "raise") -> list[Any]:
+        """Remove objects; a missing object is not an error."""
+        _check_errors_arg(errors)
+        self._check_open()
+        batch = _batch.Batch(_batch.DELETE, [os.fspath(p) for p in paths])
+        for _ in self._run(batch):
+            pass
+        out = [batch.error(i) if batch.err[i] else None for i in range(len(batch))]
+        return _check(out, errors, "deletes")
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def close(self) -> None:
+        """Release rings, threads and idle buffers. Buffers already returned stay valid."""
+        if not self.closed:
+            self.closed = True
+            self._close()
+            self.pool.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeError(f"this {self.kind} engine is closed")
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<{type(self).__name__} kind={self.kind!r} direct_io={self.direct_io} {state}>"
+
+
+def _check_errors_arg(errors: str) -> None:
+    if errors not in ("raise", "return"):
+        raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+
+
+def _check(out: list[Any], errors: str, what: str) -> list[Any]:
+    _check_errors_arg(errors)
+    if errors == "raise":
+        failed = [r for r in out if isinstance(r, OSError)]
+        if failed:
+            raise BatchIOError(f"{len(failed)} of {len(out)} {what} failed", failed)
+    return out
