@@ -8,6 +8,7 @@ request (except the result buffers themselves).
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import sys
@@ -28,6 +29,8 @@ _FS_ENCODING = sys.getfilesystemencoding()
 
 def encode_paths(paths: Sequence[str]) -> tuple[bytes, np.ndarray]:
     """All paths in one NUL-separated blob, and where each starts in it."""
+    if not paths:
+        return b"", np.zeros(0, dtype=np.int64)
     blob = "\0".join(paths).encode(_FS_ENCODING, "surrogateescape") + b"\0"
     ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0)
     if len(ends) != len(paths):
@@ -57,15 +60,19 @@ class Batch:
     grow: bool = False
     direct: bool = False
     first: int = 0  # index of the first request in the caller's list
+    where: list[int] | None = None  # writes: item index of each request
     keep: list[Any] = field(default_factory=list)  # objects the buffers live in
     err: np.ndarray = field(init=False)
     stage: np.ndarray = field(init=False)
     start: np.ndarray = field(init=False)
     nbytes: np.ndarray = field(init=False)
     own: dict[int, Any] = field(default_factory=dict)  # buffers an engine allocated itself
+    blob: bytes = field(init=False)  # the paths, NUL-separated, for C
+    path_at: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.paths)
+        self.blob, self.path_at = encode_paths(self.paths)  # also rejects NUL in paths
         self.err = np.zeros(n, dtype=np.int32)
         self.stage = np.zeros(n, dtype=np.int32)
         self.start = np.zeros(n, dtype=np.int64)
@@ -161,27 +168,52 @@ def slab_results(batch: Batch, indices: np.ndarray) -> list[Any]:
     return out
 
 
-def plan_writes(items: Sequence[tuple[Any, Any]]) -> Batch:
-    """A write batch: each object goes to a unique temporary name beside it, then renamed."""
+def plan_writes(items: Sequence[tuple[Any, Any]]) -> tuple[Batch, dict[int, OSError]]:
+    """A write batch: each object goes to a unique temporary name beside it, then renamed.
+
+    Parent directories are created first; items whose parent cannot be created are left
+    out of the batch and returned as ``{item index: error}``. ``batch.where`` maps the
+    batch's requests back to item indices.
+    """
     paths = [os.fspath(p) for p, _ in items]
+    failed = _make_parents(paths)
+    where = [i for i in range(len(items)) if i not in failed]
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp_paths = [
         os.path.join(d, f".{b}.{token}-{i}.lsio-tmp")
-        for i, (d, b) in enumerate(map(os.path.split, paths))
+        for i, (d, b) in enumerate(os.path.split(paths[j]) for j in where)
     ]
-    views = [memoryview(data).cast("B") for _, data in items]
+    views = [memoryview(items[j][1]).cast("B") for j in where]
     arrays = [np.frombuffer(v, dtype=np.uint8) for v in views]
     addrs = np.fromiter(
-        (a.__array_interface__["data"][0] for a in arrays), dtype=np.uint64, count=len(items)
+        (a.__array_interface__["data"][0] for a in arrays), dtype=np.uint64, count=len(where)
     )
-    lengths = np.fromiter((len(v) for v in views), dtype=np.int64, count=len(items))
+    lengths = np.fromiter((len(v) for v in views), dtype=np.int64, count=len(where))
+    batch = Batch(
+        WRITE, [paths[j] for j in where], lengths=lengths, addrs=addrs, views=views,
+        tmp_paths=tmp_paths, keep=arrays, where=where,
+    )
+    return batch, failed
+
+
+def _make_parents(paths: list[str]) -> dict[int, OSError]:
+    """Create the parent directories of ``paths``; the errors of those that failed."""
+    errors: dict[str, int] = {}
     for d in {os.path.dirname(p) for p in paths}:
-        if d:
-            os.makedirs(d, exist_ok=True)
-    return Batch(
-        WRITE, paths, lengths=lengths, addrs=addrs, views=views, tmp_paths=tmp_paths,
-        keep=arrays,
-    )
+        try:
+            if d:
+                os.makedirs(d, exist_ok=True)
+        except FileExistsError:  # a file stands where the directory should be
+            errors[d] = errno.ENOTDIR
+        except OSError as e:
+            errors[d] = e.errno or errno.EIO
+    if not errors:
+        return {}
+    return {
+        i: io_error(errors[d], p, "mkdir " + d)
+        for i, p in enumerate(paths)
+        if (d := os.path.dirname(p)) in errors
+    }
 
 
 def plan_into(requests: Sequence[ReadRequest], buffers: Sequence[Any], direct: bool) -> Batch:

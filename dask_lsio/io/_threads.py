@@ -55,18 +55,21 @@ class ThreadEngine(Engine):
         cancelled = False
 
         def run_group(lo: int, hi: int) -> None:
-            end = lo
+            end, exc = lo, None
             try:
                 while end < hi and not cancelled:
                     do(batch, end, whole, fsync)
                     end += 1
-            finally:
-                done.put((lo, end))
+            except BaseException as e:  # not an IO failure: a bug, re-raised by the caller
+                exc = e
+            done.put((lo, end, exc))
 
         futures = [self._pool.submit(run_group, lo, min(lo + group, n)) for lo in range(0, n, group)]
         try:
             for _ in futures:
-                lo, hi = done.get()
+                lo, hi, exc = done.get()
+                if exc is not None:
+                    raise exc
                 if hi > lo:
                     yield np.arange(lo, hi, dtype=np.int64)
         finally:

@@ -38,10 +38,11 @@ class _Ring:
             raise OSError(err[0], f"cannot create an io_uring of depth {depth}")
         self.ptr = ptr
         self.busy = False
+        self._ring_close = lib.lsio_ring_close  # still reachable at interpreter shutdown
 
     def close(self) -> None:
         if self.ptr is not None:
-            lib.lsio_ring_close(self.ptr)
+            self._ring_close(self.ptr)
             self.ptr = None
 
 
@@ -163,9 +164,9 @@ class IoUringEngine(Engine):
 def _fill(reqs, batch: _batch.Batch) -> list:
     """Fill the C request array from the batch's columns; return what must stay alive."""
     n = len(batch)
-    blob, path_at = _batch.encode_paths(batch.paths)
-    c_blob = ffi.from_buffer(blob)
-    keep = [blob, path_at, c_blob]
+    path_at = batch.path_at
+    c_blob = ffi.from_buffer(batch.blob)
+    keep = [c_blob]
     if batch.kind == _batch.READ:
         lib.lsio_fill_reads(
             reqs, n, c_blob, _i64(path_at), _i64(batch.offsets), _i64(batch.lengths),

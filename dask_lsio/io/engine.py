@@ -158,11 +158,13 @@ class Engine(ABC):
         never a torn one. Parent directories are created. Returns bytes written per item."""
         _check_errors_arg(errors)
         self._check_open()
-        batch = _batch.plan_writes(list(items))
+        items = list(items)
+        batch, out = _batch.plan_writes(items)
         for _ in self._run(batch):
             pass
-        out = [batch.error(i) if batch.err[i] else int(batch.nbytes[i]) for i in range(len(batch))]
-        return _check(out, errors, "writes")
+        for i, j in enumerate(batch.where):
+            out[j] = batch.error(i) if batch.err[i] else int(batch.nbytes[i])
+        return _check([out[j] for j in range(len(items))], errors, "writes")
 
     def delete(self, paths: Iterable[Any], errors: Errors = "raise") -> list[Any]:
         """Remove objects; a missing object is not an error."""

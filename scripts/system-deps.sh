@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the system packages dask-lsio builds and benchmarks with: liburing-dev (the io_uring
+# engine is compiled against it) and fio (the IO benchmark's device ceiling).
+# Runs apt-get only when something is missing, we are root, and LSIO_NO_APT is not set;
+# otherwise it says what is missing and carries on (the thread engine works without liburing).
+set -euo pipefail
+
+missing=()
+[ -f /usr/include/liburing.h ] || missing+=(liburing-dev)
+command -v fio >/dev/null 2>&1 || missing+=(fio)
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${LSIO_NO_APT:-}" ]; then
+    echo "system-deps: installing ${missing[*]} with apt-get"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "system-deps: ${missing[*]} missing and not installed (needs root and apt-get);" \
+         "without liburing-dev dask-lsio uses its thread engine" >&2
+fi

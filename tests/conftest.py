@@ -1,0 +1,51 @@
+"""Shared fixtures: every engine test runs on both engines.
+
+io_uring tests skip where io_uring cannot run, unless LSIO_REQUIRE_URING=1 (set by .ci/run
+on our machines, which have it), where a missing io_uring fails loudly instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dask_lsio.io import IoUringEngine, ThreadEngine, uring_status
+
+ENGINES = ["io_uring", "threads"]
+
+
+def make_engine(kind: str, **kwargs):
+    if kind == "io_uring":
+        st = uring_status()
+        if not st.available:
+            if os.environ.get("LSIO_REQUIRE_URING") == "1":
+                pytest.fail(f"io_uring is required here but unavailable: {st.reason}")
+            pytest.skip(f"io_uring unavailable: {st.reason}")
+        return IoUringEngine(**kwargs)
+    return ThreadEngine(**kwargs)
+
+
+@pytest.fixture(params=ENGINES)
+def engine_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def engine(engine_kind):
+    eng = make_engine(engine_kind)
+    yield eng
+    eng.close()
+
+
+def write_files(directory, sizes, seed=0) -> dict[str, bytes]:
+    """Files of random bytes named f0, f1, ... with the given sizes; returns path -> bytes."""
+    rng = __import__("numpy").random.default_rng(seed)
+    out = {}
+    for i, n in enumerate(sizes):
+        path = os.path.join(directory, f"f{i}")
+        data = rng.bytes(int(n))
+        with open(path, "wb") as f:
+            f.write(data)
+        out[path] = data
+    return out
