@@ -157,3 +157,35 @@ def test_direct_io_falls_back_on_tmpfs(engine_kind):
             got = eng.read(reqs)
         for r, b in zip(reqs, got):
             assert bytes(b) == expected(files[r.path], r)
+
+
+def test_paths_relative_mixed_and_nested(engine, tmp_path, monkeypatch):
+    """Batches open paths relative to their common directory: every shape of path list must
+    give what the full paths give."""
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    files = {}
+    for rel in ["d/a", "d/e/b", "d/e/c", "top"]:
+        data = os.urandom(100 + len(rel))
+        (tmp_path / rel).write_bytes(data)
+        files[rel] = data
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        ["d/e/b", "d/e/c"],  # common directory d/e/
+        ["d/a", "d/e/b", "top"],  # only the working directory in common
+        ["d/e/b", str(tmp_path / "d/e/c")],  # relative and absolute
+        ["d/e/b", "d/e/c", "d/e/"],  # a path that is the common directory itself
+        ["d/e/b", "d/e/bb"],  # a common prefix that is not a directory
+        ["./d/e/b", "./d/../d/e/c"],
+    ]
+    for paths in cases:
+        got = engine.read([ReadRequest(p) for p in paths], errors="return")
+        for p, g in zip(paths, got):
+            key = os.path.relpath(os.path.normpath(os.path.join(tmp_path, p)), tmp_path)
+            if key in files:
+                assert bytes(g) == files[key], (paths, p)
+            else:
+                assert isinstance(g, (FileNotFoundError, IsADirectoryError)), (paths, p, g)
+    engine.write([("d/e/new1", b"1"), ("d/e/new2", b"2")])
+    assert (tmp_path / "d/e/new1").read_bytes() == b"1"
+    engine.delete(["d/e/new1", "d/e/new2"])
+    assert not (tmp_path / "d/e/new1").exists()

@@ -83,6 +83,7 @@ def test_batch_larger_than_rlimit_nofile(engine, many_files):
 def test_no_leaked_descriptors_or_slots(engine_kind, many_files, tmp_path):
     before = open_descriptors()
     with make_engine(engine_kind) as eng:
+        eng.read([ReadRequest(p) for p in many_files[:20_000]])  # creates every ring it uses
         during = open_descriptors()  # the engine's own rings
         reqs = [ReadRequest(p, -64) if i % 3 else ReadRequest(p) for i, p in enumerate(many_files)]
         reqs[::97] = [ReadRequest(str(tmp_path / f"missing{i}")) for i in range(len(reqs[::97]))]

@@ -109,14 +109,17 @@ def read_capacities(
 ) -> np.ndarray:
     """Buffer bytes each read needs: its length, its suffix, or the hint when reading to EOF.
 
-    O_DIRECT reads start at the aligned offset below and end on an aligned boundary, so they
-    need room for the bytes before the range and after it.
+    A read to EOF gets one byte more than the hint, so that a file of exactly the hinted size
+    ends in a short read instead of a full buffer that must grow. O_DIRECT reads start at the
+    aligned offset below and end on an aligned boundary; a suffix's alignment is unknown until
+    the file size is, so it gets a page more.
     """
     suffix = (lengths < 0) & (offsets < 0)
-    need = np.where(lengths >= 0, lengths, np.where(suffix, -offsets, size_hint))
-    if direct:
-        return round_up(need, ALIGN) + 2 * ALIGN
-    return need
+    need = np.where(lengths >= 0, lengths, np.where(suffix, -offsets, size_hint + 1))
+    if not direct:
+        return need
+    lead = np.where(suffix, ALIGN, offsets % ALIGN)
+    return round_up(lead + need, ALIGN)
 
 
 def plan_reads(
@@ -153,18 +156,20 @@ def slab_results(batch: Batch, indices: np.ndarray) -> list[Any]:
     """Result buffers (or exceptions) of the finished requests ``indices`` of a slab batch."""
     slab, at = batch.keep[0], batch.keep[1]
     whole = memoryview(slab)
+    starts = batch.start[indices]
+    lo = (at[indices] + starts).tolist()
+    hi = (at[indices] + starts + batch.nbytes[indices]).tolist()
+    if not batch.own and not batch.err[indices].any():  # the common case, vectorised
+        return [whole[a:b] for a, b in zip(lo, hi)]
     out = []
-    for i in indices.tolist():
+    for j, i in enumerate(indices.tolist()):
         if batch.err[i]:
             out.append(batch.error(i))
-            continue
-        lo = int(batch.start[i])
-        hi = lo + int(batch.nbytes[i])
-        own = batch.own.get(i)
-        if own is None:
-            out.append(whole[at[i] + lo : at[i] + hi])
+        elif i in batch.own:  # an engine had to grow this buffer beyond the slab
+            start = int(batch.start[i])
+            out.append(memoryview(batch.own[i])[start : start + int(batch.nbytes[i])])
         else:
-            out.append(memoryview(own)[lo:hi])
+            out.append(whole[lo[j] : hi[j]])
     return out
 
 

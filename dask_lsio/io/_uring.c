@@ -37,13 +37,18 @@ struct lsio_ring {
     int64_t nready, ready_cap;
     unsigned inflight; /* ops submitted or queued, not yet completed */
     int direct, fsync, cancelled;
+    int active;         /* a batch is started and not yet ended */
+    int dirfd;          /* the batch's common directory, or AT_FDCWD */
+    size_t prefix;      /* bytes of each path that dirfd stands for */
 };
 
 static int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
+static void close_common_dir(lsio_ring *r);
 
 lsio_ring *lsio_ring_open(unsigned depth, unsigned want_flags, unsigned iowq_bounded, int *err) {
     lsio_ring *r = calloc(1, sizeof(*r));
     if (!r) { *err = ENOMEM; return NULL; }
+    r->dirfd = AT_FDCWD;
     struct io_uring_params p;
     int ret = -EINVAL;
     if (want_flags & 1) {
@@ -79,6 +84,7 @@ unsigned lsio_ring_flags(lsio_ring *r) { return r->flags; }
 
 void lsio_ring_close(lsio_ring *r) {
     if (!r) return;
+    close_common_dir(r);
     io_uring_queue_exit(&r->ring); /* also releases every registered file */
     free(r->free_slots);
     free(r->stx);
@@ -201,7 +207,7 @@ static void fail(lsio_ring *r, int64_t idx, lsio_req *q, int err) {
     if (q->kind == LSIO_WRITE && q->stage >= LSIO_ST_IO && q->stage <= LSIO_ST_RENAME) {
         /* the temporary object exists: remove it so no partial object remains */
         struct io_uring_sqe *sqe = get_sqe(r);
-        io_uring_prep_unlinkat(sqe, AT_FDCWD, q->tmp_path, 0);
+        io_uring_prep_unlinkat(sqe, r->dirfd, q->tmp_path + r->prefix, 0);
         io_uring_sqe_set_data64(sqe, (uint64_t)idx);
         q->stage = LSIO_ST_UNLINK_TMP;
         return;
@@ -255,7 +261,8 @@ static void issue_write(lsio_ring *r, int64_t idx, lsio_req *q) {
 
 static void issue_rename(lsio_ring *r, int64_t idx, lsio_req *q) {
     struct io_uring_sqe *sqe = get_sqe(r);
-    io_uring_prep_renameat(sqe, AT_FDCWD, q->tmp_path, AT_FDCWD, q->path, 0);
+    io_uring_prep_renameat(sqe, r->dirfd, q->tmp_path + r->prefix, r->dirfd,
+                           q->path + r->prefix, 0);
     io_uring_sqe_set_data64(sqe, (uint64_t)idx);
     q->stage = LSIO_ST_RENAME;
 }
@@ -264,13 +271,14 @@ static void issue_open(lsio_ring *r, int64_t idx, lsio_req *q) {
     struct io_uring_sqe *sqe = get_sqe(r);
     io_uring_sqe_set_data64(sqe, (uint64_t)idx);
     q->stage = LSIO_ST_OPEN;
+    const char *rel = q->path + r->prefix;
     if (q->kind == LSIO_DELETE) {
-        io_uring_prep_unlinkat(sqe, AT_FDCWD, q->path, 0);
+        io_uring_prep_unlinkat(sqe, r->dirfd, rel, 0);
         q->stage = LSIO_ST_UNLINK;
         return;
     }
     if (q->kind == LSIO_WRITE) {
-        io_uring_prep_openat_direct(sqe, AT_FDCWD, q->tmp_path,
+        io_uring_prep_openat_direct(sqe, r->dirfd, q->tmp_path + r->prefix,
                                     O_WRONLY | O_CREAT | O_TRUNC, 0666, (unsigned)q->slot);
         q->fixed = 1;
         return;
@@ -279,11 +287,11 @@ static void issue_open(lsio_ring *r, int64_t idx, lsio_req *q) {
     if (q->length < 0 && q->offset < 0) {
         /* a suffix needs the size of the very file we read: a plain descriptor allows a
          * statx on it (AT_EMPTY_PATH), which fixed slots do not */
-        io_uring_prep_openat(sqe, AT_FDCWD, q->path, flags | O_CLOEXEC, 0);
+        io_uring_prep_openat(sqe, r->dirfd, rel, flags | O_CLOEXEC, 0);
         q->fixed = 0;
     } else {
         /* no O_CLOEXEC: direct descriptors reject it with -EINVAL */
-        io_uring_prep_openat_direct(sqe, AT_FDCWD, q->path, flags, 0, (unsigned)q->slot);
+        io_uring_prep_openat_direct(sqe, r->dirfd, rel, flags, 0, (unsigned)q->slot);
         q->fixed = 1;
         q->file_offset = q->offset;
     }
@@ -412,7 +420,54 @@ static void on_cqe(lsio_ring *r, int64_t idx, int res) {
     }
 }
 
+/* Length of the longest directory prefix ("a/b/") shared by every path of the batch, such
+ * that each path names something below it. */
+static size_t common_dir(const lsio_req *reqs, int64_t n) {
+    const char *first = reqs[0].path;
+    size_t len = strlen(first);
+    for (int64_t i = 0; i < n && len > 0; i++) {
+        for (int k = 0; k < 2; k++) {
+            const char *s = k ? reqs[i].tmp_path : reqs[i].path;
+            if (!s) continue;
+            size_t j = 0;
+            while (j < len && s[j] == first[j]) j++;
+            len = j;
+        }
+    }
+    while (len > 0 && first[len - 1] != '/') len--;
+    for (int64_t i = 0; i < n && len > 0; i++) /* "a/b/" itself: keep the full path */
+        if (reqs[i].path[len] == '\0' || (reqs[i].tmp_path && reqs[i].tmp_path[len] == '\0'))
+            len = 0;
+    return len;
+}
+
+/* Paths are opened relative to a descriptor of their common directory, opened once per
+ * batch: each open then walks only the last components (this is most of the kernel's cost
+ * per small file when the cache is warm). Semantics are those of the full paths, as long
+ * as that directory is not renamed while the batch runs. */
+static void open_common_dir(lsio_ring *r, const lsio_req *reqs, int64_t n) {
+    r->dirfd = AT_FDCWD;
+    r->prefix = 0;
+    size_t len = n > 1 ? common_dir(reqs, n) : 0;
+    if (len <= 1 || len >= 4096) return;
+    char dir[4096];
+    memcpy(dir, reqs[0].path, len);
+    dir[len] = '\0';
+    int fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return; /* the requests report their own errors */
+    r->dirfd = fd;
+    r->prefix = len;
+}
+
+static void close_common_dir(lsio_ring *r) {
+    if (r->dirfd != AT_FDCWD) close(r->dirfd);
+    r->dirfd = AT_FDCWD;
+    r->prefix = 0;
+}
+
 int lsio_batch_start(lsio_ring *r, lsio_req *reqs, int64_t n, int direct, int fsync) {
+    open_common_dir(r, reqs, n);
+    r->active = 1;
     r->reqs = reqs;
     r->n = n;
     r->next = r->finished = r->nready = 0;
@@ -469,12 +524,19 @@ static void clear_slots(lsio_ring *r) {
     }
 }
 
+static void end_batch(lsio_ring *r) {
+    if (!r->active) return;
+    r->active = 0;
+    clear_slots(r);
+    close_common_dir(r);
+}
+
 int64_t lsio_batch_run(lsio_ring *r) {
     while (batch_busy(r)) {
         int ret = pump(r);
         if (ret < 0) return ret;
     }
-    clear_slots(r);
+    end_batch(r);
     return r->finished;
 }
 
@@ -488,7 +550,7 @@ int64_t lsio_batch_step(lsio_ring *r, int64_t *out, int64_t max_out) {
     int64_t k = r->nready < max_out ? r->nready : max_out;
     memcpy(out, r->ready + (r->nready - k), sizeof(int64_t) * (size_t)k);
     r->nready -= k;
-    if (!batch_busy(r) && r->nready == 0) clear_slots(r);
+    if (!batch_busy(r) && r->nready == 0) end_batch(r);
     return k;
 }
 
@@ -499,7 +561,7 @@ int lsio_batch_cancel(lsio_ring *r) {
         int ret = pump(r);
         if (ret < 0) return ret;
     }
-    clear_slots(r);
+    end_batch(r);
     r->nready = 0;
     return 0;
 }

@@ -8,8 +8,11 @@ inside C with the GIL released (cffi releases it around every call).
 
 from __future__ import annotations
 
+import os
+import queue
 import threading
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -26,6 +29,14 @@ except ImportError:  # pragma: no cover - depends on the build
 
 WANT_SINGLE_ISSUER = 1
 _STEP = 4096  # finished indices handed to Python per step
+_MIN_PART = 1024  # requests per submitter thread below which a batch is not split
+
+
+def _split(n: int, threads: int) -> list[tuple[int, int]]:
+    """Contiguous parts of a batch of ``n`` requests, one per submitter thread."""
+    parts = max(1, min(threads, n // _MIN_PART))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
 class _Ring:
@@ -71,6 +82,10 @@ class IoUringEngine(Engine):
         Ring entries, and files in flight per batch (default ``lsio.queue-depth``).
     iowq_max_workers : int, optional
         io-wq's bounded worker limit per thread (default ``lsio.iowq-max-workers``).
+    submit_threads : int, optional
+        Large batches are split over this many threads, each with its own ring, so that the
+        kernel work of submitting and completing uses every core (default
+        ``lsio.submit-threads``, or the number of CPUs up to 4).
     direct_io : bool, optional
         Read with O_DIRECT (default ``lsio.direct-io``).
     """
@@ -81,6 +96,7 @@ class IoUringEngine(Engine):
         self,
         queue_depth: int | None = None,
         iowq_max_workers: int | None = None,
+        submit_threads: int | None = None,
         direct_io: bool | None = None,
     ) -> None:
         if lib is None:
@@ -90,6 +106,9 @@ class IoUringEngine(Engine):
         super().__init__(direct_io=direct_io)
         self.queue_depth = int(config.get("queue-depth", queue_depth))
         self.iowq_max_workers = int(config.get("iowq-max-workers", iowq_max_workers))
+        threads = config.get("submit-threads", submit_threads)
+        self.submit_threads = max(1, int(threads or min(os.cpu_count() or 1, 4)))
+        self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._all: weakref.WeakSet[_ThreadRings] = weakref.WeakSet()
         self._lock = threading.Lock()
@@ -131,31 +150,78 @@ class IoUringEngine(Engine):
             return
         reqs = ffi.new("lsio_req[]", n)
         keep = _fill(reqs, batch)
+        grown = np.zeros(n, dtype=np.uint64)
+        parts = _split(n, self.submit_threads)
+        if len(parts) == 1:  # small batches stay on the calling thread: no hand-off
+            yield from self._run_part(reqs, batch, grown, 0, n)
+        else:
+            yield from self._run_parallel(reqs, batch, grown, parts)
+        del keep
+
+    def _run_part(self, reqs, batch, grown, lo, hi, stop=None) -> Iterator[np.ndarray]:
+        """Run requests ``[lo, hi)`` on this thread's ring; yield finished indices."""
         ring = self._acquire()
         finished = False
         try:
-            lib.lsio_batch_start(ring.ptr, reqs, n, int(batch.direct), int(self.fsync))
-            out = np.empty(min(n, _STEP), dtype=np.int64)
+            lib.lsio_batch_start(ring.ptr, reqs + lo, hi - lo, int(batch.direct), int(self.fsync))
+            out = np.empty(min(hi - lo, _STEP), dtype=np.int64)
             out_ptr = ffi.from_buffer("int64_t[]", out)
-            grown = np.zeros(n, dtype=np.uint64)
-            while True:
+            while stop is None or not stop.is_set():
                 k = lib.lsio_batch_step(ring.ptr, out_ptr, len(out))
                 if k < 0:
                     raise OSError(-k, "io_uring_enter failed")
                 if k == 0:
+                    finished = True
                     break
-                done = out[:k].copy()
+                done = out[:k] + lo
                 _collect(reqs, done, batch, grown)
                 yield done
-            finished = True
         finally:
             if not finished:  # the kernel may still write into our buffers: drain first
                 lib.lsio_batch_cancel(ring.ptr)
-                _collect(reqs, np.arange(n, dtype=np.int64), batch, grown)  # frees grown
+                _collect(reqs, np.arange(lo, hi, dtype=np.int64), batch, grown)  # frees grown
             self._release(ring)
-            del keep
+
+    def _run_parallel(self, reqs, batch, grown, parts) -> Iterator[np.ndarray]:
+        """Run the parts on the submitter threads, each on its own ring and core; the
+        calling thread only hands out what they finish."""
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+        stop = threading.Event()
+
+        def submitter(lo: int, hi: int) -> None:
+            try:
+                for done in self._run_part(reqs, batch, grown, lo, hi, stop):
+                    finished.put(done)
+            except BaseException as e:  # re-raised in the calling thread
+                finished.put(e)
+            else:
+                finished.put(None)
+
+        futures = [self._submitters().submit(submitter, lo, hi) for lo, hi in parts]
+        try:
+            running = len(futures)
+            while running:
+                item = finished.get()
+                if item is None:
+                    running -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield item
+        finally:
+            stop.set()
+            for f in futures:  # no part may outlive the batch's buffers
+                f.result()
+
+    def _submitters(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.submit_threads, "lsio-uring")
+            return self._pool
 
     def _close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         with self._lock:
             for rings in list(self._all):
                 rings.close()
