@@ -7,12 +7,15 @@ files per directory, random incompressible bytes):
 (a) 16,384 files of ~54 KiB (sizes uniform in 50-58 KiB, so most end mid-page);
 (b) 100,000 files of exactly 4 KiB;
 
-with five readers:
+with six readers:
 
 ``io_uring``         ``IoUringEngine(direct_io=False).read_ranges`` over the whole dataset
 ``io_uring-direct``  the same with O_DIRECT
 ``threads``          ``ThreadEngine().read_ranges``
-``python``           ``with open(p, "rb") as f: f.read()`` per file, in a loop
+``python``           ``with open(p, "rb") as f: f.read()`` per file, in a loop, keeping
+                     every file's bytes as the engines do (so it pays for fresh memory)
+``python-discard``   the same loop dropping each file's bytes at once: a reference for
+                     the cost of reading alone (it delivers nothing)
 ``fio``              fio with ``ioengine=io_uring``, the device ceiling (see :func:`fio_job`)
 
 Warm runs pre-read the dataset once; cold runs drop the page cache (``sync; echo 3 >
@@ -234,17 +237,22 @@ class Reader:
         ``read(ds)`` returns one buffer per file, in file order.
     close : callable, optional
         Releases the reader's resources (engines).
+    delivers : bool, default True
+        False for a reference reader that drops each file's bytes and returns only their
+        total: it shows what reading costs without keeping the data (no fresh memory).
     """
 
     def __init__(
         self,
         name: str,
-        read: Callable[[Dataset], list[Any]],
+        read: Callable[[Dataset], Any],
         close: Callable[[], None] = lambda: None,
+        delivers: bool = True,
     ) -> None:
         self.name = name
         self.read = read
         self.close = close
+        self.delivers = delivers
 
     def run(self, ds: Dataset, verify: bool = True) -> Run:
         """Time one read of the dataset; check the buffers after the clock stopped."""
@@ -252,6 +260,10 @@ class Reader:
         t0 = time.perf_counter()
         bufs = self.read(ds)
         seconds = time.perf_counter() - t0
+        if not self.delivers:
+            if bufs != ds.total_bytes:
+                raise AssertionError(f"{self.name}: read {bufs} bytes, expected {ds.total_bytes}")
+            return Run(seconds, bufs, len(ds.paths))
         if verify:
             verify_buffers(self.name, ds, bufs)
         nbytes = sum(len(b) for b in bufs)
@@ -278,6 +290,16 @@ def python_read(ds: Dataset) -> list[bytes]:
         with open(p, "rb") as f:
             out.append(f.read())
     return out
+
+
+def python_discard(ds: Dataset) -> int:
+    """Reference only: the same loop dropping each file's bytes at once, so it never touches
+    fresh memory; it delivers nothing a caller could use."""
+    total = 0
+    for p in ds.paths:
+        with open(p, "rb") as f:
+            total += len(f.read())
+    return total
 
 
 def verify_buffers(name: str, ds: Dataset, bufs: list[Any]) -> None:
@@ -484,6 +506,7 @@ def make_readers() -> list[Reader]:
         engine_reader("io_uring-direct", IoUringEngine(direct_io=True)),
         engine_reader("threads", ThreadEngine()),
         Reader("python", python_read),
+        Reader("python-discard", python_discard, delivers=False),
     ]
 
 

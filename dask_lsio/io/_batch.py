@@ -13,7 +13,7 @@ import os
 import secrets
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -130,12 +130,15 @@ def plan_reads(
     size_hint: int,
     direct: bool,
     batch_bytes: int,
-) -> list[Batch]:
-    """Split reads into batches of at most ``batch_bytes`` of buffers, each with a slab."""
+) -> Iterator[Batch]:
+    """Split reads into batches of at most ``batch_bytes`` of buffers, each with a slab.
+
+    Lazy: a batch's slab is taken from the pool only when the batch is about to run, so a
+    consumer that drops buffers as it goes keeps about one batch of memory in use.
+    """
     caps = read_capacities(offsets, lengths, size_hint, direct)
     padded = round_up(caps, ALIGN if direct else 64)
     ends = np.cumsum(padded)
-    batches = []
     lo = 0
     while lo < len(paths):
         base = ends[lo] - padded[lo]
@@ -147,9 +150,8 @@ def plan_reads(
             READ, paths[lo:hi], offsets=offsets[lo:hi], lengths=lengths[lo:hi],
             caps=caps[lo:hi], addrs=addrs, direct=direct, grow=True, first=lo, keep=[slab, at],
         )
-        batches.append(batch)
+        yield batch
         lo = hi
-    return batches
 
 
 def slab_results(batch: Batch, indices: np.ndarray) -> list[Any]:
