@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 
 from .. import config
-from ..errors import EngineUnavailableError
+from ..errors import BatchIOError, EngineUnavailableError
 from .engine import Engine
 from .requests import ReadRequest
 
@@ -60,17 +60,15 @@ def uring_status() -> UringStatus:
             engine.write([(path, b"dask-lsio")])
             if bytes(engine.read([ReadRequest(path, 5)])[0]) != b"lsio":
                 return status(False, "io_uring returned wrong data in the start-up probe")
-    except OSError as e:
+    except (OSError, BatchIOError) as e:  # ring creation, or the probe's own requests
         return status(False, _explain(e, sysctl))
     except Exception as e:  # the probe must never break engine selection
         return status(False, f"io_uring probe failed: {type(e).__name__}: {e}")
     return status(True, "io_uring works here")
 
 
-def _explain(e: OSError, sysctl: str) -> str:
-    errno = getattr(e, "errno", None)
-    if isinstance(e, ExceptionGroup):
-        errno = e.exceptions[0].errno
+def _explain(e: OSError | BatchIOError, sysctl: str) -> str:
+    errno = e.exceptions[0].errno if isinstance(e, BatchIOError) else e.errno
     if errno == 38:  # ENOSYS
         return "the kernel has no io_uring (CONFIG_IO_URING is off, or Linux < 5.1)"
     if errno == 1:  # EPERM

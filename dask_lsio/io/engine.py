@@ -116,6 +116,7 @@ class Engine(ABC):
         yield from self._read_columns(list(paths), offsets, lengths, errors, size_hint)
 
     def _read_columns(self, paths, offsets, lengths, errors, size_hint):
+        """Run reads given as columns batch by batch, yielding ``(index, result)``."""
         self._check_open()
         hint = max(int(size_hint or self.size_hint), 1)
         failed: list[OSError] = []
@@ -146,10 +147,7 @@ class Engine(ABC):
         _check_errors_arg(errors)
         self._check_open()
         batch = _batch.plan_into(requests, buffers, self.direct_io)
-        for _ in self._run(batch):
-            pass
-        out = [batch.error(i) if batch.err[i] else int(batch.nbytes[i]) for i in range(len(batch))]
-        return _check(out, errors, "reads")
+        return _check(self._run_all(batch, nbytes=True), errors, "reads")
 
     # -- writes --------------------------------------------------------------------------
     def write(self, items: Iterable[tuple[Any, Any]], errors: Errors = "raise") -> list[Any]:
@@ -159,22 +157,27 @@ class Engine(ABC):
         _check_errors_arg(errors)
         self._check_open()
         items = list(items)
-        batch, out = _batch.plan_writes(items)
-        for _ in self._run(batch):
-            pass
-        for i, j in enumerate(batch.where):
-            out[j] = batch.error(i) if batch.err[i] else int(batch.nbytes[i])
-        return _check([out[j] for j in range(len(items))], errors, "writes")
+        batch, failed = _batch.plan_writes(items)  # failed: items whose parent dir failed
+        out = [failed.get(j) for j in range(len(items))]
+        for j, res in zip(batch.where, self._run_all(batch, nbytes=True)):
+            out[j] = res
+        return _check(out, errors, "writes")
 
     def delete(self, paths: Iterable[Any], errors: Errors = "raise") -> list[Any]:
         """Remove objects; a missing object is not an error."""
         _check_errors_arg(errors)
         self._check_open()
         batch = _batch.Batch(_batch.DELETE, [os.fspath(p) for p in paths])
+        return _check(self._run_all(batch, nbytes=False), errors, "deletes")
+
+    def _run_all(self, batch: _batch.Batch, nbytes: bool) -> list[Any]:
+        """Run a whole batch; per request its exception, or its byte count (or None)."""
         for _ in self._run(batch):
             pass
-        out = [batch.error(i) if batch.err[i] else None for i in range(len(batch))]
-        return _check(out, errors, "deletes")
+        return [
+            batch.error(i) if batch.err[i] else (int(batch.nbytes[i]) if nbytes else None)
+            for i in range(len(batch))
+        ]
 
     # -- lifecycle -----------------------------------------------------------------------
     def close(self) -> None:
