@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
 from .errors import BatchIOError, EngineUnavailableError, LSIOError
+from .graph import from_zarr
 from .io import ReadRequest, get_engine
 
 try:
@@ -17,5 +18,6 @@ __all__ = [
     "LSIOError",
     "ReadRequest",
     "__version__",
+    "from_zarr",
     "get_engine",
 ]

@@ -26,6 +26,27 @@ class BatchIOError(ExceptionGroup, LSIOError):
         return BatchIOError(self.message, excs)
 
 
+class UnsupportedCodecError(LSIOError, NotImplementedError):
+    """The array uses a codec, data type or layout that dask-lsio does not decode itself.
+
+    ``from_zarr`` then reads that array through zarr-python (with one warning), or raises
+    this error when ``lsio.strict`` is true.
+    """
+
+    def __init__(self, what: str, codec: str | None = None) -> None:
+        super().__init__(f"dask-lsio does not decode {what}")
+        self.codec = codec
+
+
+class ChunkDecodeError(LSIOError, ValueError):
+    """A stored chunk is corrupt or truncated: the message names its key and the codecs."""
+
+    def __init__(self, key: str, codecs: str, reason: str) -> None:
+        super().__init__(f"cannot decode chunk {key!r} (codecs {codecs}): {reason}")
+        self.key = key
+        self.codecs = codecs
+
+
 def io_error(
     err: int,
     path: str,

@@ -1,0 +1,103 @@
+"""``dask_lsio.from_zarr``: ``dask.array.from_zarr`` with coarse, batched blocks."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.array.core import normalize_chunks
+from dask.base import tokenize
+from dask.utils import parse_bytes
+
+from .. import config
+from ..errors import UnsupportedCodecError
+from ..zarr.spec import ArraySpec, local_root, spec_from_array
+from .source import ZarrSource
+
+
+def from_zarr(
+    url: Any,
+    component: str | None = None,
+    storage_options: dict | None = None,
+    chunks: Any = None,
+    name: str | None = None,
+    inline_array: bool = False,
+    **kwargs: Any,
+) -> da.Array:
+    """Load a Zarr array as a dask array whose tasks each read many chunks in one batch.
+
+    Same arguments and result as :func:`dask.array.from_zarr`.
+
+    Parameters
+    ----------
+    url : str, os.PathLike or zarr.Array
+        A path or ``file://`` URL of an array (or of a group, with ``component``), or a
+        ``zarr.Array`` on a local store.
+    component : str, optional
+        The array's path inside the group at ``url``.
+    storage_options : dict, optional
+        Passed to zarr-python when the array is not read by dask-lsio (other stores).
+    chunks : optional
+        Block shape. Default: whole multiples of the shard (or chunk) shape of about
+        ``array.chunk-size`` bytes. Blocks that split a shard or chunk work, but read it
+        more than once (a PerformanceWarning says so).
+    name : str, optional
+        Name of the dask array (default: from a token of the array and blocks).
+    inline_array : bool
+        As in :func:`dask.array.from_array`.
+
+    Returns
+    -------
+    dask.array.Array
+    """
+    try:
+        root, zarr_array = local_root(url, component)
+        spec = spec_from_array(root, zarr_array)
+    except UnsupportedCodecError as e:
+        if config.get("strict"):
+            raise
+        warnings.warn(f"{e}: reading {url!r} through zarr-python (correct, slower)", stacklevel=2)
+        return da.from_zarr(url, component=component, storage_options=storage_options,
+                            chunks=chunks, name=name, inline_array=inline_array, **kwargs)
+    blocks = block_chunks(spec, chunks)
+    meta = np.empty((0,) * len(spec.shape), dtype=spec.dtype)
+    return da.from_array(
+        ZarrSource(spec), chunks=blocks, name=name or "from-zarr-lsio-" + tokenize(spec, blocks),
+        inline_array=inline_array, meta=meta, asarray=False,
+    )
+
+
+def block_chunks(spec: ArraySpec, chunks: Any = None) -> tuple[tuple[int, ...], ...]:
+    """dask chunks for ``spec``: the caller's, or whole grid cells of about chunk-size."""
+    shape = spec.shape
+    if chunks is None:
+        limit = parse_bytes(dask.config.get("array.chunk-size"))
+        return normalize_chunks(default_block(spec, limit), shape, dtype=spec.dtype)
+    out = normalize_chunks(chunks, shape, dtype=spec.dtype, previous_chunks=spec.grid)
+    for axis, (sizes, g) in enumerate(zip(out, spec.grid)):
+        if any(s % g for s in sizes[:-1]):
+            warnings.warn(
+                f"chunks {sizes[:4]}... along axis {axis} split the stored {'shards' if spec.shard else 'chunks'} "
+                f"of {g}: each is read by several tasks. Use multiples of {spec.grid}.",
+                da.PerformanceWarning, stacklevel=3,
+            )
+            break
+    return out
+
+
+def default_block(spec: ArraySpec, limit: int) -> tuple[int, ...]:
+    """Whole grid cells, growing the last axes first (contiguous blocks) up to ``limit`` bytes."""
+    unit = [min(g, n) or 1 for g, n in zip(spec.grid, spec.shape)]
+    block = list(unit)
+    for ax in reversed(range(len(unit))):
+        cells = math.ceil(spec.shape[ax] / unit[ax]) if spec.shape[ax] else 1
+        per = int(np.prod(block)) * spec.dtype.itemsize
+        k = max(1, min(cells, limit // max(per, 1)))
+        block[ax] = unit[ax] * k
+        if k < cells:
+            break
+    return tuple(min(b, n) for b, n in zip(block, spec.shape))

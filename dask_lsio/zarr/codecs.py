@@ -1,0 +1,177 @@
+"""Codec chains: from a chunk object's bytes to a chunk array, without zarr-python.
+
+A :class:`ChunkCodec` is built once per array from the JSON metadata (zarr v3 ``codecs`` or
+zarr v2 ``filters``/``compressor``/``order``) and is picklable. Byte codecs are numcodecs
+codecs, whose decoders release the GIL, so several threads decode at once. Metadata naming a
+codec we do not handle raises :class:`UnsupportedCodecError` when the chain is built, so the
+caller can fall back to zarr-python for that array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import crc32c as _crc32c
+import numcodecs
+import numcodecs.blosc
+import numpy as np
+
+from ..errors import ChunkDecodeError, UnsupportedCodecError
+
+# Decode threads are ours: blosc's own thread pool would fight them for the two cores, and its
+# non-threaded path is the one that is safe to call from many threads at once.
+numcodecs.blosc.use_threads = False
+
+_V3_BYTES_CODECS = {"blosc": "blosc", "zstd": "zstd", "gzip": "gzip"}
+
+
+@dataclass(frozen=True)
+class ChunkCodec:
+    """How to turn one stored chunk into an array of ``shape``.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The chunk shape (inner chunk shape for sharded arrays).
+    dtype : numpy.dtype
+        The dtype of the decoded values as stored (byte order included).
+    order : tuple of int or None
+        The permutation a v3 ``transpose`` codec applied when encoding, or ``None``; v2 arrays
+        with ``order="F"`` are the reversed permutation.
+    byte_codecs : tuple
+        numcodecs codecs applied, last to first, to decode (v3 bytes->bytes, v2 compressor).
+    filters : tuple
+        v2 filters (numcodecs array codecs), applied last to first after the compressor.
+    crc32c : bool
+        A trailing little-endian CRC32C of the preceding bytes must be checked and removed.
+    names : str
+        The codec names, for error messages.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    order: tuple[int, ...] | None = None
+    byte_codecs: tuple[Any, ...] = ()
+    filters: tuple[Any, ...] = ()
+    crc32c: bool = False
+    names: str = ""
+    nbytes: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", int(np.prod(self.shape)) * self.dtype.itemsize)
+
+    def decode(self, data: Any, key: str) -> np.ndarray:
+        """The chunk stored in ``data`` as an array of the chunk shape, in logical order.
+
+        Raises
+        ------
+        ChunkDecodeError
+            Naming ``key`` and the codecs, when the bytes do not decode to a whole chunk or
+            a checksum does not match.
+        """
+        try:
+            return self._decode(data, key)
+        except ChunkDecodeError:
+            raise
+        except Exception as e:  # numcodecs raises RuntimeError, ValueError ... on bad input
+            raise ChunkDecodeError(key, self.names, f"{type(e).__name__}: {e}") from e
+
+    def _decode(self, data: Any, key: str) -> np.ndarray:
+        buf = memoryview(data).cast("B")
+        if self.crc32c:
+            buf = self._check_crc(buf, key)
+        for codec in reversed(self.byte_codecs):
+            buf = codec.decode(buf)
+        for codec in reversed(self.filters):
+            buf = codec.decode(buf)
+        arr = np.frombuffer(buf, dtype=self.dtype) if not isinstance(buf, np.ndarray) else buf
+        arr = arr.view(self.dtype).reshape(-1)
+        if arr.size != int(np.prod(self.shape)):
+            raise ChunkDecodeError(
+                key, self.names, f"decoded {arr.size} values, a chunk holds {np.prod(self.shape)}"
+            )
+        if self.order is None:
+            return arr.reshape(self.shape)
+        stored = tuple(self.shape[i] for i in self.order)
+        return arr.reshape(stored).transpose(np.argsort(self.order))
+
+    def _check_crc(self, buf: memoryview, key: str) -> memoryview:
+        if len(buf) < 4:
+            raise ChunkDecodeError(key, self.names, f"{len(buf)} bytes cannot hold a crc32c")
+        want = int.from_bytes(buf[-4:], "little")
+        got = _crc32c.crc32c(buf[:-4])
+        if got != want:
+            raise ChunkDecodeError(key, self.names, f"crc32c mismatch ({got:#x} != {want:#x})")
+        return buf[:-4]
+
+
+def v3_chain(codecs: list[dict], shape: tuple[int, ...], data_type: Any) -> ChunkCodec:
+    """The :class:`ChunkCodec` of a v3 codec list (without sharding)."""
+    order, byte_codecs, crc, endian = None, [], False, None
+    names = [c["name"] for c in codecs]
+    for c in codecs:
+        name, conf = c["name"], c.get("configuration", {}) or {}
+        if name == "transpose":
+            order = tuple(int(i) for i in conf["order"])
+        elif name == "bytes":
+            endian = conf.get("endian")
+        elif name == "crc32c":
+            if byte_codecs:
+                raise UnsupportedCodecError("crc32c before a compressor", "crc32c")
+            crc = True
+        elif name in _V3_BYTES_CODECS:
+            byte_codecs.append(_numcodecs_v3(name, conf))
+        elif name.startswith("numcodecs."):
+            byte_codecs.append(_numcodecs_v3(name[len("numcodecs.") :], conf))
+        else:
+            raise UnsupportedCodecError(f"codec {name!r}", name)
+    dtype = numeric_dtype(data_type)
+    if dtype.itemsize > 1 and endian is not None:
+        dtype = dtype.newbyteorder("<" if endian == "little" else ">")
+    # crc32c comes after the compressors when encoding, so it is checked first when decoding
+    return ChunkCodec(shape, dtype, order, tuple(byte_codecs), (), crc, " -> ".join(names))
+
+
+def numeric_dtype(spec: Any) -> np.dtype:
+    """The numpy dtype of a zarr data type; only bool and numbers are decoded here."""
+    try:
+        dtype = np.dtype(spec)
+    except TypeError as e:
+        raise UnsupportedCodecError(f"data type {spec!r}", str(spec)) from e
+    if dtype.kind not in "biufc":
+        raise UnsupportedCodecError(f"data type {dtype}", str(dtype))
+    return dtype
+
+
+def _numcodecs_v3(name: str, conf: dict) -> Any:
+    conf = dict(conf)
+    if name == "blosc":  # v3 spells shuffle as a word; decoding reads the blosc header anyway
+        conf.pop("typesize", None)
+        shuffle = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
+        conf["shuffle"] = shuffle.get(conf.get("shuffle", "noshuffle"), 0)
+    if name == "zstd":
+        conf.pop("checksum", None)
+    try:
+        return numcodecs.get_codec({"id": name, **conf})
+    except Exception as e:
+        raise UnsupportedCodecError(f"codec {name!r} ({e})", name) from e
+
+
+def v2_chain(meta: dict, shape: tuple[int, ...]) -> ChunkCodec:
+    """The :class:`ChunkCodec` of v2 metadata (``.zarray`` fields)."""
+    dtype = numeric_dtype(meta["dtype"])
+    filters = tuple(_v2_codec(f) for f in meta.get("filters") or ())
+    comp = meta.get("compressor")
+    byte_codecs = (_v2_codec(comp),) if comp else ()
+    order = tuple(reversed(range(len(shape)))) if meta.get("order", "C") == "F" else None
+    names = [f["id"] for f in meta.get("filters") or ()] + ([comp["id"]] if comp else [])
+    return ChunkCodec(shape, dtype, order, byte_codecs, filters, False, " -> ".join(names) or "none")
+
+
+def _v2_codec(conf: dict) -> Any:
+    conf = dict(conf)
+    try:
+        return numcodecs.get_codec(conf)
+    except Exception as e:
+        raise UnsupportedCodecError(f"codec {conf.get('id')!r} ({e})", conf.get("id")) from e
