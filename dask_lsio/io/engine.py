@@ -7,6 +7,7 @@ one :class:`~dask_lsio.io._batch.Batch` and yields the indices of requests as th
 from __future__ import annotations
 
 import os
+import threading
 from abc import ABC, abstractmethod
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
@@ -25,6 +26,7 @@ class Engine(ABC):
     """An IO engine; get one with :func:`dask_lsio.io.get_engine`.
 
     Every method takes a whole batch and is safe to call from many threads at once.
+    :attr:`stats` counts the batches, requests and bytes this engine ran.
     Read results are memoryviews over recycled buffers: keep them as long as needed, the
     memory is reused only after the last view into it is gone.
 
@@ -43,6 +45,15 @@ class Engine(ABC):
         self.fsync = bool(config.get("fsync"))
         self.pool = BufferPool(config.get_bytes("buffer-pool-bytes"))
         self.closed = False
+        self._stats_lock = threading.Lock()
+        self.stats = {"batches": 0, "requests": 0, "bytes": 0}
+
+    def _count(self, batch: _batch.Batch) -> None:
+        """Add a finished batch to :attr:`stats` (requests run and bytes moved)."""
+        with self._stats_lock:
+            self.stats["batches"] += 1
+            self.stats["requests"] += len(batch)
+            self.stats["bytes"] += int(batch.nbytes.sum())
 
     # -- what an engine implements -------------------------------------------------------
     @abstractmethod
@@ -129,6 +140,7 @@ class Engine(ABC):
                         failed.append(res)
                     else:
                         yield batch.first + i, res
+            self._count(batch)
         if failed:
             raise BatchIOError(f"{len(failed)} of {len(paths)} reads failed", failed)
 
@@ -174,6 +186,7 @@ class Engine(ABC):
         """Run a whole batch; per request its exception, or its byte count (or None)."""
         for _ in self._run(batch):
             pass
+        self._count(batch)
         return [
             batch.error(i) if batch.err[i] else (int(batch.nbytes[i]) if nbytes else None)
             for i in range(len(batch))

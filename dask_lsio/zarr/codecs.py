@@ -82,6 +82,8 @@ class ChunkCodec:
         if self.crc32c:
             buf = self._check_crc(buf, key)
         for codec in reversed(self.byte_codecs):
+            if codec.codec_id == "blosc":
+                _check_blosc_frame(buf, key, self.names)
             buf = codec.decode(buf)
         for codec in reversed(self.filters):
             buf = codec.decode(buf)
@@ -104,6 +106,23 @@ class ChunkCodec:
         if got != want:
             raise ChunkDecodeError(key, self.names, f"crc32c mismatch ({got:#x} != {want:#x})")
         return buf[:-4]
+
+
+def _check_blosc_frame(buf: Any, key: str, names: str) -> None:
+    """Refuse a blosc frame whose header disagrees with its length.
+
+    numcodecs' blosc decoder trusts the header's compressed size and reads that many bytes:
+    a truncated chunk would make it read past the end of the buffer (in recycled buffers,
+    possibly a stale copy of the same chunk, which then "decodes" without error).
+    """
+    view = memoryview(buf).cast("B")
+    if len(view) < 16:
+        raise ChunkDecodeError(key, names, f"{len(view)} bytes cannot hold a blosc header")
+    cbytes = int.from_bytes(view[12:16], "little")
+    if cbytes != len(view):
+        raise ChunkDecodeError(
+            key, names, f"blosc frame of {cbytes} bytes but {len(view)} stored (truncated?)"
+        )
 
 
 def v3_chain(codecs: list[dict], shape: tuple[int, ...], data_type: Any) -> ChunkCodec:

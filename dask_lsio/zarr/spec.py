@@ -113,12 +113,14 @@ def spec_from_array(root: str, arr: zarr.Array) -> ArraySpec:
     """Build the spec from an opened array's metadata."""
     meta = arr.metadata.to_dict()
     shape = tuple(int(s) for s in arr.shape)
+    dtype = np.dtype(arr.dtype)
+    # v2 allows no fill value: zarr-python then reads missing chunks as zeros
+    fill = np.zeros((), dtype)[()] if arr.fill_value is None else arr.fill_value
     if meta["zarr_format"] == 2:
         grid = tuple(int(c) for c in meta["chunks"])
         codec = v2_chain(meta, grid)
         sep = meta.get("dimension_separator") or "."
-        return ArraySpec(root, shape, np.dtype(arr.dtype), arr.fill_value, grid, codec, "", sep,
-                         None, 2)
+        return ArraySpec(root, shape, dtype, fill, grid, codec, "", sep, None, 2)
     grid_meta = meta["chunk_grid"]
     if grid_meta.get("name") != "regular":
         raise UnsupportedCodecError(f"chunk grid {grid_meta.get('name')!r}", None)
@@ -138,8 +140,7 @@ def spec_from_array(root: str, arr: zarr.Array) -> ArraySpec:
         prefix, sep = "", sep or "."
     else:
         raise UnsupportedCodecError(f"chunk key encoding {enc['name']!r}", None)
-    return ArraySpec(root, shape, np.dtype(arr.dtype), arr.fill_value, grid, codec, prefix, sep,
-                     shard, 3)
+    return ArraySpec(root, shape, dtype, fill, grid, codec, prefix, sep, shard, 3)
 
 
 def _shard_layout(conf: dict) -> tuple[ShardLayout, list[dict], tuple[int, ...]]:

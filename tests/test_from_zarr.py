@@ -1,0 +1,259 @@
+"""from_zarr against zarr-python, the oracle: every array and selection reads the same."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import dask
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import (
+    BloscCodec,
+    BytesCodec,
+    Crc32cCodec,
+    GzipCodec,
+    TransposeCodec,
+    ZstdCodec,
+)
+
+import dask_lsio
+from dask_lsio.errors import ChunkDecodeError, LSIOError, UnsupportedCodecError
+from dask_lsio.io import get_engine
+
+DTYPES = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
+          "float16", "float32", "float64", "complex64", "complex128"]
+
+
+@st.composite
+def arrays(draw):
+    """A zarr-python array spec: shape, chunks, shards, dtype, codecs, fill, format."""
+    ndim = draw(st.integers(0, 3))
+    shape = tuple(draw(st.lists(st.integers(0, 13), min_size=ndim, max_size=ndim)))
+    chunks = tuple(max(1, draw(st.integers(1, max(1, n)))) for n in shape)
+    fmt = draw(st.sampled_from([2, 3]))
+    dtype = draw(st.sampled_from(DTYPES))
+    spec = {"shape": shape, "chunks": chunks, "dtype": dtype, "zarr_format": fmt}
+    if fmt == 2:
+        if dtype not in ("bool", "int8", "uint8") and draw(st.booleans()):
+            spec["dtype"] = np.dtype(dtype).newbyteorder(">").str
+        spec["order"] = draw(st.sampled_from(["C", "F"]))
+        spec["compressors"] = draw(st.sampled_from([None, "blosc", "zstd", "zlib"]))
+        spec["chunk_key_encoding"] = {"name": "v2", "separator": draw(st.sampled_from([".", "/"]))}
+    else:
+        spec["compressors"] = draw(st.sampled_from([None, "blosc", "zstd", "gzip", "crc32c"]))
+        spec["endian"] = draw(st.sampled_from(["little", "big"]))
+        spec["transpose"] = ndim > 1 and draw(st.booleans())
+        spec["chunk_key_encoding"] = draw(st.sampled_from(
+            [{"name": "default", "separator": "/"}, {"name": "default", "separator": "."},
+             {"name": "v2", "separator": "."}]))
+        if ndim and draw(st.booleans()):
+            spec["shards"] = tuple(c * draw(st.integers(1, 3)) for c in chunks)
+            spec["index_location"] = draw(st.sampled_from(["start", "end"]))
+    spec["fill"] = draw(st.sampled_from([0, 1, None]))
+    spec["missing"] = draw(st.floats(0, 1))
+    return spec
+
+
+def make_array(path: str, spec: dict, seed: int = 0) -> np.ndarray:
+    """Create the array with zarr-python; some chunks stay unwritten (fill_value)."""
+    dtype = np.dtype(spec["dtype"])
+    kwargs = dict(shape=spec["shape"], chunks=spec["chunks"], dtype=dtype,
+                  zarr_format=spec["zarr_format"], chunk_key_encoding=spec["chunk_key_encoding"])
+    fill = spec["fill"]
+    kwargs["fill_value"] = None if fill is None else np.array(fill).astype(dtype)[()]
+    comp = spec["compressors"]
+    if spec["zarr_format"] == 2:
+        import numcodecs
+
+        kwargs["order"] = spec["order"]
+        kwargs["compressors"] = {None: None, "blosc": numcodecs.Blosc(), "zstd": numcodecs.Zstd(),
+                                 "zlib": numcodecs.Zlib()}[comp]
+    else:
+        kwargs["compressors"] = {None: None, "blosc": BloscCodec(cname="lz4", typesize=dtype.itemsize),
+                                 "zstd": ZstdCodec(), "gzip": GzipCodec(),
+                                 "crc32c": Crc32cCodec()}[comp]
+        kwargs["serializer"] = BytesCodec(endian=spec["endian"] if dtype.itemsize > 1 else None)
+        if spec["transpose"]:
+            kwargs["filters"] = [TransposeCodec(order=tuple(reversed(range(len(spec["shape"])))))]
+        if "shards" in spec:
+            kwargs["shards"] = {"shape": spec["shards"], "index_location": spec["index_location"]}
+    z = zarr.create_array(path, **kwargs)
+    rng = np.random.default_rng(seed)
+    data = (rng.random(spec["shape"]) * 100).astype(dtype)
+    keep = rng.random(spec["shape"]) >= spec["missing"]  # the rest stays fill_value
+    if z.size:
+        current = z[...]
+        z[...] = np.where(keep, data, current)
+    return np.asarray(z[...], dtype=z.dtype)  # 0-d reads are native-order scalars
+
+
+def selections(shape, rng, n=6):
+    out = [()]
+    for _ in range(n):
+        sel = []
+        for d in shape:
+            kind = rng.integers(0, 4)
+            if d == 0 or kind == 0:
+                sel.append(slice(None))
+            elif kind == 1:
+                sel.append(int(rng.integers(0, d)))
+            elif kind == 2:
+                a, b = sorted(rng.integers(0, d + 1, 2))
+                sel.append(slice(int(a), int(b)))
+            else:
+                sel.append(slice(int(rng.integers(0, d)), None, int(rng.integers(1, 4))))
+        out.append(tuple(sel))
+    return out
+
+
+@settings(max_examples=int(os.environ.get("LSIO_HYPOTHESIS_EXAMPLES", 60)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=arrays(), seed=st.integers(0, 2**16))
+def test_matches_zarr_python(spec, seed):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "a")
+        expected = make_array(path, spec, seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # no silent zarr-python fallback
+            x = dask_lsio.from_zarr(path)
+        assert x.shape == expected.shape and x.dtype == expected.dtype
+        np.testing.assert_array_equal(x.compute(), expected)
+        rng = np.random.default_rng(seed)
+        for sel in selections(expected.shape, rng):
+            np.testing.assert_array_equal(x[sel].compute(), expected[sel], err_msg=str(sel))
+        small = dask_lsio.from_zarr(path, chunks=tuple(max(1, n // 2) for n in expected.shape))
+        np.testing.assert_array_equal(small.compute(scheduler="sync"), expected)
+
+
+@pytest.fixture
+def big(tmp_path):
+    """A (20, 256, 256) float32 array of 1x128x128 blosc chunks, and a sharded twin."""
+    data = np.random.default_rng(1).random((20, 256, 256)).astype("float32")
+    plain = zarr.create_array(tmp_path / "plain", shape=data.shape, chunks=(1, 128, 128),
+                              dtype="float32", compressors=BloscCodec(cname="lz4"))
+    plain[:] = data
+    sharded = zarr.create_array(tmp_path / "sharded", shape=data.shape, chunks=(1, 128, 128),
+                                shards=(4, 256, 256), dtype="float32", compressors=ZstdCodec())
+    sharded[:] = data
+    return tmp_path, data
+
+
+def count_requests(fn):
+    engine = get_engine()
+    before = engine.stats["requests"]
+    result = fn()
+    return result, engine.stats["requests"] - before
+
+
+def test_blocks_are_coarse_and_aligned(big):
+    root, data = big
+    x = dask_lsio.from_zarr(root / "plain")
+    assert x.chunks == ((20,), (256,), (256,))  # 5 MiB: one block of whole chunks
+    with dask.config.set({"array.chunk-size": "512KiB"}):
+        y = dask_lsio.from_zarr(root / "sharded")
+    assert all(c % 4 == 0 for c in y.chunks[0][:-1]) and y.chunks[1:] == ((256,), (256,))
+    assert len(x.dask) < 5
+
+
+def test_slices_are_pushed_down(big):
+    root, data = big
+    x = dask_lsio.from_zarr(root / "plain")
+    got, n = count_requests(lambda: x[7, :100, :100].compute())
+    np.testing.assert_array_equal(got, data[7, :100, :100])
+    assert n == 1  # one chunk object
+    got, n = count_requests(lambda: x[3:5, 120:140, 0].compute())
+    np.testing.assert_array_equal(got, data[3:5, 120:140, 0])
+    assert n == 4
+    s = dask_lsio.from_zarr(root / "sharded")
+    got, n = count_requests(lambda: s[7, :100, :100].compute())
+    np.testing.assert_array_equal(got, data[7, :100, :100])
+    assert n == 2  # the shard index, then one inner chunk
+    got, n = count_requests(lambda: s.sum().compute())
+    assert np.isclose(got, data.sum(dtype="float64"), rtol=1e-5)
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
+def test_schedulers(big, scheduler):
+    root, data = big
+    x = dask_lsio.from_zarr(root / "sharded", chunks=(4, 128, 256))
+    np.testing.assert_array_equal(x.compute(scheduler=scheduler), data)
+
+
+def test_accepts_zarr_array_group_component_and_url(big):
+    root, data = big
+    zarr.open_group(root / "g", mode="w").create_array("v", data=data[:2])
+    np.testing.assert_array_equal(dask_lsio.from_zarr(zarr.open_array(root / "plain")).compute(), data)
+    np.testing.assert_array_equal(dask_lsio.from_zarr(root / "g", component="v").compute(), data[:2])
+    np.testing.assert_array_equal(dask_lsio.from_zarr(f"file://{root}/plain")[0].compute(), data[0])
+
+
+def test_missing_array(tmp_path):
+    with pytest.raises(LSIOError, match="no readable Zarr array at .*nothing"):
+        dask_lsio.from_zarr(tmp_path / "nothing")
+
+
+def corrupt(path, how):
+    with open(path, "r+b") as f:
+        raw = f.read()
+        f.seek(0)
+        f.truncate()
+        f.write(raw[: len(raw) // 2] if how == "truncate" else b"\x07" * len(raw))
+
+
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+def test_corrupt_chunk_names_key_and_codec(big, how):
+    root, data = big
+    corrupt(root / "plain" / "c" / "3" / "1" / "0", how)
+    x = dask_lsio.from_zarr(root / "plain")
+    with pytest.raises(ChunkDecodeError, match=r"c/3/1/0.*blosc"):
+        x.compute()
+    np.testing.assert_array_equal(x[4].compute(), data[4])  # the rest still reads
+
+
+def test_checksum_mismatch(tmp_path):
+    z = zarr.create_array(tmp_path / "a", shape=(10,), chunks=(5,), dtype="int32",
+                          compressors=Crc32cCodec())
+    z[:] = np.arange(10)
+    with open(tmp_path / "a" / "c" / "1", "r+b") as f:
+        f.seek(2)
+        f.write(b"\xff")
+    with pytest.raises(ChunkDecodeError, match="crc32c mismatch"):
+        dask_lsio.from_zarr(tmp_path / "a").compute()
+
+
+def test_corrupt_shard_index(big):
+    root, data = big
+    shard = root / "sharded" / "c" / "1" / "0" / "0"
+    raw = shard.read_bytes()
+    shard.write_bytes(raw[:-3] + b"\x00\x00\x00")
+    with pytest.raises(ChunkDecodeError, match=r"c/1/0/0.*index crc32c mismatch"):
+        dask_lsio.from_zarr(root / "sharded").compute()
+    shard.write_bytes(raw[:10])
+    with pytest.raises(ChunkDecodeError, match="index of 10 bytes"):
+        dask_lsio.from_zarr(root / "sharded")[4:8].compute()
+
+
+def test_unsupported_codec_falls_back_or_raises(tmp_path):
+    z = zarr.create_array(tmp_path / "s", shape=(4,), chunks=(2,), dtype=str)
+    z[:] = np.array(["a", "bb", "ccc", "d"])
+    with pytest.warns(UserWarning, match="does not decode .*zarr-python"):
+        x = dask_lsio.from_zarr(tmp_path / "s")
+    assert list(x.compute()) == ["a", "bb", "ccc", "d"]
+    with dask.config.set({"lsio.strict": True}), pytest.raises(UnsupportedCodecError):
+        dask_lsio.from_zarr(tmp_path / "s")
+
+
+def test_distributed_local_cluster(big):
+    distributed = pytest.importorskip("distributed")
+    root, data = big
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        x = dask_lsio.from_zarr(root / "sharded", chunks=(4, 256, 256))
+        np.testing.assert_array_equal(client.compute(x).result(), data)
+        total = client.compute(dask_lsio.from_zarr(root / "plain").sum()).result()
+        assert np.isclose(total, data.sum(dtype="float64"), rtol=1e-5)
