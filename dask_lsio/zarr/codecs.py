@@ -9,6 +9,7 @@ caller can fall back to zarr-python for that array.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,13 +57,18 @@ class ChunkCodec:
     filters: tuple[Any, ...] = ()
     crc32c: bool = False
     names: str = ""
+    size: int = field(init=False)  # values per chunk
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "nbytes", int(np.prod(self.shape)) * self.dtype.itemsize)
+        object.__setattr__(self, "size", int(np.prod(self.shape)))
+        object.__setattr__(self, "nbytes", self.size * self.dtype.itemsize)
 
     def decode(self, data: Any, key: str) -> np.ndarray:
         """The chunk stored in ``data`` as an array of the chunk shape, in logical order.
+
+        The array may live in a per-thread scratch buffer that the next decode on this
+        thread reuses: copy it before decoding another chunk.
 
         Raises
         ------
@@ -81,17 +87,22 @@ class ChunkCodec:
         buf = memoryview(data).cast("B")
         if self.crc32c:
             buf = self._check_crc(buf, key)
-        for codec in reversed(self.byte_codecs):
+        last = len(self.byte_codecs) - 1
+        for i in range(last, -1, -1):
+            codec = self.byte_codecs[i]
             if codec.codec_id == "blosc":
                 _check_blosc_frame(buf, key, self.names)
-            buf = codec.decode(buf)
+            if i == 0 and not self.filters:  # the last step: into this thread's scratch
+                buf = codec.decode(buf, out=_scratch(self.nbytes))
+            else:
+                buf = codec.decode(buf)
         for codec in reversed(self.filters):
             buf = codec.decode(buf)
-        arr = np.frombuffer(buf, dtype=self.dtype) if not isinstance(buf, np.ndarray) else buf
-        arr = arr.view(self.dtype).reshape(-1)
-        if arr.size != int(np.prod(self.shape)):
+        arr = buf if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)
+        arr = arr.reshape(-1).view(self.dtype)
+        if arr.size != self.size:
             raise ChunkDecodeError(
-                key, self.names, f"decoded {arr.size} values, a chunk holds {np.prod(self.shape)}"
+                key, self.names, f"decoded {arr.size} values, a chunk holds {self.size}"
             )
         if self.order is None:
             return arr.reshape(self.shape)
@@ -106,6 +117,21 @@ class ChunkCodec:
         if got != want:
             raise ChunkDecodeError(key, self.names, f"crc32c mismatch ({got:#x} != {want:#x})")
         return buf[:-4]
+
+
+_local = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """This thread's reusable decode buffer of ``nbytes`` bytes.
+
+    The decoded chunk is copied into the caller's array right away, so one buffer per thread
+    serves every chunk and decoding allocates nothing.
+    """
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.nbytes != nbytes:
+        buf = _local.buf = np.empty(nbytes, dtype=np.uint8)
+    return buf
 
 
 def _check_blosc_frame(buf: Any, key: str, names: str) -> None:
