@@ -174,6 +174,12 @@ def test_slices_are_pushed_down(big):
     assert n == 2  # the shard index, then one inner chunk
     got, n = count_requests(lambda: s.sum().compute())
     assert np.isclose(got, data.sum(dtype="float64"), rtol=1e-5)
+    assert n == 2 * 5  # per shard: its index, then all its inner chunks in one read
+    for gap, most in [("1GiB", 1), (0, 4)]:  # 4 inner chunks: one read, or up to one each
+        with dask.config.set({"lsio.coalesce-gap": gap}):
+            got, n = count_requests(lambda: s[0, :, :200].compute())
+        np.testing.assert_array_equal(got, data[0, :, :200])
+        assert 1 < n <= 1 + most
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "sync", "processes"])
