@@ -155,12 +155,16 @@ def v3_chain(codecs: list[dict], shape: tuple[int, ...], data_type: Any) -> Chun
     """The :class:`ChunkCodec` of a v3 codec list (without sharding)."""
     order, byte_codecs, crc, endian = None, [], False, None
     names = [c["name"] for c in codecs]
+    serialized = False  # past the array -> bytes codec
+    array_filters = False  # numcodecs array -> array codecs, undone on the flat values
     for c in codecs:
         name, conf = c["name"], c.get("configuration", {}) or {}
         if name == "transpose":
+            if array_filters:  # they would have to be undone after the transpose
+                raise UnsupportedCodecError("a numcodecs filter before transpose", name)
             order = tuple(int(i) for i in conf["order"])
         elif name == "bytes":
-            endian = conf.get("endian")
+            endian, serialized = conf.get("endian"), True
         elif name == "crc32c":
             if byte_codecs:
                 raise UnsupportedCodecError("crc32c before a compressor", "crc32c")
@@ -168,9 +172,12 @@ def v3_chain(codecs: list[dict], shape: tuple[int, ...], data_type: Any) -> Chun
         elif name in _V3_BYTES_CODECS:
             byte_codecs.append(_numcodecs_v3(name, conf))
         elif name.startswith("numcodecs."):
+            array_filters = array_filters or not serialized
             byte_codecs.append(_numcodecs_v3(name[len("numcodecs.") :], conf))
         else:
             raise UnsupportedCodecError(f"codec {name!r}", name)
+    if array_filters and endian == "big":  # they see native values, we would give big-endian
+        raise UnsupportedCodecError("a numcodecs filter with big-endian bytes", "bytes")
     dtype = numeric_dtype(data_type)
     if dtype.itemsize > 1 and endian is not None:
         dtype = dtype.newbyteorder("<" if endian == "little" else ">")
