@@ -220,6 +220,17 @@ def test_corrupt_chunk_names_key_and_codec(big, how):
     np.testing.assert_array_equal(x[4].compute(), data[4])  # the rest still reads
 
 
+def test_unreadable_chunk_raises_the_os_error(big):
+    root, data = big
+    chunk = root / "plain" / "c" / "2" / "0" / "1"
+    chunk.unlink()
+    chunk.mkdir()  # a directory where a chunk object should be
+    with pytest.raises(IsADirectoryError) as info:
+        dask_lsio.from_zarr(root / "plain").compute()
+    assert info.value.filename == str(chunk)
+    assert any(str(root / "plain") in note for note in info.value.__notes__)
+
+
 def test_checksum_mismatch(tmp_path):
     z = zarr.create_array(tmp_path / "a", shape=(10,), chunks=(5,), dtype="int32",
                           compressors=Crc32cCodec())

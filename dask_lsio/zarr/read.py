@@ -10,7 +10,7 @@ import crc32c
 import numpy as np
 
 from .. import config
-from ..errors import ChunkDecodeError, LSIOError
+from ..errors import ChunkDecodeError
 from ..io import Engine, get_engine
 from . import _decode
 from .spec import ArraySpec
@@ -51,8 +51,11 @@ def _fill(spec: ArraySpec, out: np.ndarray, origin, shape, region) -> None:
     out[_overlap(origin, shape, region)[1]] = spec.fill_value
 
 
-def _reraise(spec: ArraySpec, path: str, exc: BaseException) -> None:
-    raise LSIOError(f"cannot read chunk object {path!r} of array {spec.root!r}: {exc}") from exc
+def _reraise(spec: ArraySpec, exc: BaseException) -> None:
+    """Raise the engine's error (an OSError naming the path and byte range) as it is, with a
+    note naming the array, so callers can still catch PermissionError and friends."""
+    exc.add_note(f"while reading the Zarr array at {spec.root!r}")
+    raise exc
 
 
 def _read_chunks(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> None:
@@ -66,7 +69,7 @@ def _read_chunks(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> No
             _fill(spec, out, origin, spec.grid, region)
             return
         if isinstance(buf, BaseException):
-            _reraise(spec, paths[i], buf)
+            _reraise(spec, buf)
         chunk = codec.decode(buf, paths[i])
         src, dst = _overlap(origin, spec.grid, region)
         out[dst] = chunk[src]
@@ -103,7 +106,7 @@ def _read_shards(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> No
     def work(r: int, buf: Any) -> None:
         shard, start, members = ranges[r]
         if isinstance(buf, BaseException):
-            _reraise(spec, paths[shard], buf)
+            _reraise(spec, buf)
         for j in members:
             at, n = offsets[j] - start, lengths[j]
             key = f"{paths[shard]} bytes {offsets[j]}-{offsets[j] + n}"
@@ -160,7 +163,7 @@ def _read_indexes(spec: ArraySpec, paths: list[str], engine: Engine) -> list[np.
         if isinstance(buf, FileNotFoundError):
             continue
         if isinstance(buf, BaseException):
-            _reraise(spec, paths[i], buf)
+            _reraise(spec, buf)
         out[i] = _parse_index(buf, n, layout.index_crc32c, per_shard, paths[i])
     return out
 
