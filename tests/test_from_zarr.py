@@ -220,6 +220,20 @@ def test_corrupt_chunk_names_key_and_codec(big, how):
     np.testing.assert_array_equal(x[4].compute(), data[4])  # the rest still reads
 
 
+@pytest.mark.parametrize("how", ["truncate", "garbage"])
+@pytest.mark.parametrize("comp", [BloscCodec(cname="lz4"), ZstdCodec(), Crc32cCodec()])
+def test_corrupt_chunk_decoded_in_place(tmp_path, how, comp):
+    """1-d chunks land in contiguous pieces of the block: they decode straight into it."""
+    data = np.random.default_rng(3).random(4000)
+    z = zarr.create_array(tmp_path / "a", shape=data.shape, chunks=(1000,), dtype="float64",
+                          compressors=comp)
+    z[:] = data
+    np.testing.assert_array_equal(dask_lsio.from_zarr(tmp_path / "a").compute(), data)
+    corrupt(tmp_path / "a" / "c" / "2", how)
+    with pytest.raises(ChunkDecodeError, match="c/2"):
+        dask_lsio.from_zarr(tmp_path / "a").compute()
+
+
 def test_unreadable_chunk_raises_the_os_error(big):
     root, data = big
     chunk = root / "plain" / "c" / "2" / "0" / "1"

@@ -83,6 +83,30 @@ class ChunkCodec:
         except Exception as e:  # numcodecs raises RuntimeError, ValueError ... on bad input
             raise ChunkDecodeError(key, self.names, f"{type(e).__name__}: {e}") from e
 
+    def decode_into(self, data: Any, key: str, out: np.ndarray) -> bool:
+        """Decode straight into ``out`` (a C-contiguous array of the chunk's values) when the
+        chain allows it (one byte codec, no filters, no transpose, the same dtype); return
+        False, having done nothing, when it does not."""
+        if (len(self.byte_codecs) != 1 or self.filters or self.order is not None
+                or out.dtype != self.dtype or not out.flags.c_contiguous or out.size != self.size):
+            return False
+        try:
+            buf = memoryview(data).cast("B")
+            if self.crc32c:
+                buf = self._check_crc(buf, key)
+            codec = self.byte_codecs[0]
+            if codec.codec_id == "blosc":
+                _check_blosc_frame(buf, key, self.names)
+            got = codec.decode(buf, out=out.reshape(-1).view(np.uint8))
+        except ChunkDecodeError:
+            raise
+        except Exception as e:  # numcodecs raises RuntimeError, ValueError ... on bad input
+            raise ChunkDecodeError(key, self.names, f"{type(e).__name__}: {e}") from e
+        if memoryview(got).nbytes != self.nbytes:
+            raise ChunkDecodeError(key, self.names, f"decoded {memoryview(got).nbytes} bytes, "
+                                   f"a chunk holds {self.nbytes}")
+        return True
+
     def _decode(self, data: Any, key: str) -> np.ndarray:
         buf = memoryview(data).cast("B")
         if self.crc32c:

@@ -51,6 +51,16 @@ def _fill(spec: ArraySpec, out: np.ndarray, origin, shape, region) -> None:
     out[_overlap(origin, shape, region)[1]] = spec.fill_value
 
 
+def _place(codec, buf: Any, key: str, out: np.ndarray, overlap) -> None:
+    """Decode a chunk into its place in ``out``: straight into it when the whole chunk lands
+    in a contiguous piece of ``out``, else through a scratch buffer and one copy."""
+    src, dst = overlap
+    target = out[dst + (Ellipsis,)]  # a view, also for 0-d arrays
+    if target.size == codec.size and codec.decode_into(buf, key, target):
+        return
+    target[...] = codec.decode(buf, key)[src]
+
+
 def _reraise(spec: ArraySpec, exc: BaseException) -> None:
     """Raise the engine's error (an OSError naming the path and byte range) as it is, with a
     note naming the array, so callers can still catch PermissionError and friends."""
@@ -70,9 +80,7 @@ def _read_chunks(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> No
             return
         if isinstance(buf, BaseException):
             _reraise(spec, buf)
-        chunk = codec.decode(buf, paths[i])
-        src, dst = _overlap(origin, spec.grid, region)
-        out[dst] = chunk[src]
+        _place(codec, buf, paths[i], out, _overlap(origin, spec.grid, region))
 
     hint = codec.nbytes + 4096  # compressors rarely expand more than their header
     _decode.run(engine.read_ranges(paths, errors="return", size_hint=hint), work)
@@ -113,9 +121,7 @@ def _read_shards(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> No
             if at + n > len(buf):
                 got = max(0, len(buf) - at)
                 raise ChunkDecodeError(key, codec.names, f"truncated: {got} of {n} bytes")
-            chunk = codec.decode(buf[at : at + n], key)
-            src, dst = _overlap(jobs[j][1], layout.inner, region)
-            out[dst] = chunk[src]
+            _place(codec, buf[at : at + n], key, out, _overlap(jobs[j][1], layout.inner, region))
 
     stream = engine.read_ranges(
         [paths[shard] for shard, _, _ in ranges],
