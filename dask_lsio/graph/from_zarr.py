@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from typing import Any
 
@@ -43,7 +44,7 @@ def from_zarr(
         Passed to zarr-python when the array is not read by dask-lsio (other stores).
     chunks : optional
         Block shape. Default: whole multiples of the shard (or chunk) shape of about
-        ``array.chunk-size`` bytes. Blocks that split a shard or chunk work, but read it
+        ``array.chunk-size`` bytes, and at least two blocks per core where the array allows. Blocks that split a shard or chunk work, but read it
         more than once (a PerformanceWarning says so).
     name : str, optional
         Name of the dask array (default: from a token of the array and blocks).
@@ -75,7 +76,11 @@ def block_chunks(spec: ArraySpec, chunks: Any = None) -> tuple[tuple[int, ...], 
     """dask chunks for ``spec``: the caller's, or whole grid cells of about chunk-size."""
     shape = spec.shape
     if chunks is None:
-        limit = parse_bytes(dask.config.get("array.chunk-size"))
+        # about array.chunk-size, but small enough for two blocks per core: a task decodes on
+        # its own thread, so an array of fewer blocks than cores would leave cores idle
+        total = int(np.prod(shape)) * spec.dtype.itemsize
+        per_core = total // (2 * (os.cpu_count() or 1))
+        limit = min(parse_bytes(dask.config.get("array.chunk-size")), max(per_core, 1))
         return normalize_chunks(default_block(spec, limit), shape, dtype=spec.dtype)
     out = normalize_chunks(chunks, shape, dtype=spec.dtype, previous_chunks=spec.grid)
     for axis, (sizes, g) in enumerate(zip(out, spec.grid)):
