@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: setup demo test bench clean
 
@@ -15,18 +16,25 @@ $(STAMP): pyproject.toml setup.py dask_lsio/io/_uring.c dask_lsio/io/_uring.h da
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-# The main job on a sample dataset it generates (until from_zarr lands: the IO benchmark).
-demo: setup
+# The peers the read benchmark compares against (zarrs, tensorstore).
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[test,bench]"
+	touch $@
+
+# The main job on sample datasets it generates: the IO and read benchmarks in quick mode.
+demo: $(BENCH_STAMP)
 	$(PY) -m dask_lsio info
 	$(PY) benchmarks/bench_io.py --quick
+	$(PY) benchmarks/bench_read.py --quick
 
 test: setup
 	$(PY) -m dask_lsio info
 	$(PY) -m pytest -q
 
-# The full IO benchmark (several minutes; cold-cache runs need root).
-bench: setup
+# The full benchmarks (many minutes; cold-cache runs need root).
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_io.py
+	$(PY) benchmarks/bench_read.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dask_lsio/io/_uring_ext*.so
