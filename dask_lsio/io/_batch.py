@@ -223,7 +223,7 @@ def _make_parents(paths: list[str]) -> dict[int, OSError]:
     }
 
 
-def plan_into(requests: Sequence[ReadRequest], buffers: Sequence[Any], direct: bool) -> Batch:
+def plan_into(requests: Sequence[ReadRequest], buffers: Sequence[Any]) -> Batch:
     """A read batch whose destinations are the caller's writable buffers."""
     if len(buffers) != len(requests):
         raise ValueError(f"{len(requests)} requests but {len(buffers)} buffers")

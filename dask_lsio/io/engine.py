@@ -158,7 +158,7 @@ class Engine(ABC):
         """
         _check_errors_arg(errors)
         self._check_open()
-        batch = _batch.plan_into(requests, buffers, self.direct_io)
+        batch = _batch.plan_into(requests, buffers)
         return _check(self._run_all(batch, nbytes=True), errors, "reads")
 
     # -- writes --------------------------------------------------------------------------
