@@ -1,5 +1,11 @@
-"""Build the io_uring extension when liburing's headers are present; otherwise install a
-package that runs on the thread engine and says why (``python -m dask_lsio info``)."""
+"""Build the C extensions whose libraries are present; without them the package still installs
+and runs (``python -m dask_lsio info`` says what is missing and why).
+
+- ``dask_lsio.io._uring_ext``, the io_uring engine, needs liburing (liburing-dev); without
+  it the thread engine is used.
+- ``dask_lsio.zarr._kernel_ext``, the decode kernel, needs c-blosc, libzstd and zlib
+  (libblosc-dev, libzstd-dev, zlib1g-dev); without it chunks are decoded with numcodecs.
+"""
 
 from __future__ import annotations
 
@@ -10,32 +16,47 @@ import tempfile
 
 from setuptools import setup
 
+URING_PROBE = """#include <liburing.h>
+int main(void){struct io_uring r; return io_uring_queue_init(1,&r,0) < 0;}
+"""
+KERNEL_PROBE = """#include <blosc.h>
+#include <zstd.h>
+#include <zlib.h>
+int main(void){size_t n; return blosc_cbuffer_validate("", 0, &n) + (int)ZSTD_versionNumber()
+    + (zlibVersion() == 0);}
+"""
 
-def _liburing_available() -> bool:
-    """True when a program using liburing compiles and links here."""
-    if os.environ.get("LSIO_NO_URING"):
+
+def _links(name: str, src: str, libs: list[str]) -> bool:
+    """True when ``src`` compiles and links with ``libs`` here (and LSIO_NO_<name> is unset)."""
+    if os.environ.get(f"LSIO_NO_{name}"):
         return False
     cc = os.environ.get("CC", "cc")
-    src = "#include <liburing.h>\nint main(void){struct io_uring r; return io_uring_queue_init(1,&r,0) < 0;}\n"
     with tempfile.TemporaryDirectory() as tmp:
         c_file = os.path.join(tmp, "probe.c")
         with open(c_file, "w") as f:
             f.write(src)
+        cmd = [cc, c_file, "-o", os.path.join(tmp, "probe"), *(f"-l{lib}" for lib in libs)]
         try:
-            done = subprocess.run(
-                [cc, c_file, "-o", os.path.join(tmp, "probe"), "-luring"],
-                capture_output=True,
-            )
+            done = subprocess.run(cmd, capture_output=True)
         except OSError:
             return False
     return done.returncode == 0
 
 
-if _liburing_available():
-    setup(cffi_modules=["dask_lsio/io/_uring_build.py:ffibuilder"])
+modules = []
+if _links("URING", URING_PROBE, ["uring"]):
+    modules.append("dask_lsio/io/_uring_build.py:ffibuilder")
 else:
     sys.stderr.write(
         "dask-lsio: liburing headers not found (apt-get install liburing-dev); "
         "building without the io_uring engine, the thread engine will be used\n"
     )
-    setup()
+if _links("KERNEL", KERNEL_PROBE, ["blosc", "zstd", "z"]):
+    modules.append("dask_lsio/zarr/_kernel_build.py:ffibuilder")
+else:
+    sys.stderr.write(
+        "dask-lsio: c-blosc/zstd/zlib headers not found (apt-get install libblosc-dev "
+        "libzstd-dev zlib1g-dev); building without the decode kernel, numcodecs decodes\n"
+    )
+setup(cffi_modules=modules)

@@ -37,11 +37,24 @@ def info() -> int:
     else:
         lines.append(f"threads: {engine.threads}")
     lines.append(f"io_uring: {'available' if st.available else 'not used'} ({st.reason})")
+    lines.append(f"decode: {_decode_path(engine)}")
     lines.append(f"direct IO: {engine.direct_io}")
     for key in ("read-size-hint", "batch-bytes", "buffer-pool-bytes", "fsync"):
         lines.append(f"lsio.{key}: {dask.config.get('lsio.' + key)}")
     print("\n".join(lines))
     return 0
+
+
+def _decode_path(engine) -> str:
+    """Which decoder reads chunks, and why not the C kernel when it is not."""
+    from dask_lsio.zarr import _kernel
+
+    if _kernel.lib is None:
+        return ("numcodecs (built without the decode kernel: apt-get install libblosc-dev "
+                "libzstd-dev zlib1g-dev, then reinstall dask-lsio)")
+    if not _kernel.engine_runs_hooks(engine):
+        return "numcodecs (the C decode kernel runs inside io_uring batches only)"
+    return "C kernel for blosc, zstd, gzip/zlib and uncompressed chunks; numcodecs otherwise"
 
 
 def main(argv: list[str] | None = None) -> int:

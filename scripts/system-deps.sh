@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Install the system packages dask-lsio builds and benchmarks with: liburing-dev (the io_uring
-# engine is compiled against it) and fio (the IO benchmark's device ceiling).
+# engine is compiled against it), libblosc-dev, libzstd-dev and zlib1g-dev (the decode kernel)
+# and fio (the IO benchmark's device ceiling).
 # Runs apt-get only when something is missing, we are root, and LSIO_NO_APT is not set;
 # otherwise it says what is missing and carries on (the thread engine works without liburing).
 set -euo pipefail
 
 missing=()
 [ -f /usr/include/liburing.h ] || missing+=(liburing-dev)
+[ -f /usr/include/blosc.h ] || missing+=(libblosc-dev)
+[ -f /usr/include/zstd.h ] || missing+=(libzstd-dev)
+[ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 command -v fio >/dev/null 2>&1 || missing+=(fio)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -17,5 +21,6 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${LSIO_NO_A
     apt-get install -y -qq "${missing[@]}" >/dev/null
 else
     echo "system-deps: ${missing[*]} missing and not installed (needs root and apt-get);" \
-         "without liburing-dev dask-lsio uses its thread engine" >&2
+         "without liburing-dev dask-lsio uses its thread engine, without the codec" \
+         "libraries it decodes with numcodecs" >&2
 fi

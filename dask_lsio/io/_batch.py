@@ -23,7 +23,10 @@ from .requests import ReadRequest
 
 READ, WRITE, DELETE = 0, 1, 2
 # Stages, numbered as in _uring.h; a failure reports the stage it happened in.
-STAGES = {1: "open", 2: "stat", 3: "{io}", 4: "fsync", 5: "rename", 6: "unlink", 7: "unlink"}
+STAGES = {
+    1: "open", 2: "stat", 3: "{io}", 4: "fsync", 5: "rename", 6: "unlink", 7: "unlink",
+    10: "decode",
+}
 _FS_ENCODING = sys.getfilesystemencoding()
 
 

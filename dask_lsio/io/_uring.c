@@ -22,6 +22,8 @@
 #include "_uring.h"
 
 #define ALIGN 4096
+#define HOOK_BURST 8                /* reads started per wait in hooked batches ... */
+#define HOOK_BURST_BYTES (1 << 20)  /* ... or fewer, when they are large */
 
 struct lsio_ring {
     struct io_uring ring;
@@ -40,10 +42,19 @@ struct lsio_ring {
     int active;         /* a batch is started and not yet ended */
     int dirfd;          /* the batch's common directory, or AT_FDCWD */
     size_t prefix;      /* bytes of each path that dirfd stands for */
+    /* hooked batches: the read hook and the buffers lent to reads in flight */
+    lsio_hook hook;
+    void *hook_ctx;
+    char **spare;       /* buffers not lent out; at most depth exist */
+    int nspare, nbufs;
+    int64_t bufsize;
+    int64_t burst;      /* requests started per wait (0: as many as slots allow) */
+    int64_t burst_bytes; /* and at most this many bytes of them (the first always starts) */
 };
 
 static int64_t round_up(int64_t x, int64_t a) { return (x + a - 1) / a * a; }
 static void close_common_dir(lsio_ring *r);
+static void free_buffers(lsio_ring *r);
 
 lsio_ring *lsio_ring_open(unsigned depth, unsigned want_flags, unsigned iowq_bounded, int *err) {
     lsio_ring *r = calloc(1, sizeof(*r));
@@ -85,6 +96,7 @@ unsigned lsio_ring_flags(lsio_ring *r) { return r->flags; }
 void lsio_ring_close(lsio_ring *r) {
     if (!r) return;
     close_common_dir(r);
+    free_buffers(r);
     io_uring_queue_exit(&r->ring); /* also releases every registered file */
     free(r->free_slots);
     free(r->stx);
@@ -183,7 +195,44 @@ static void release_slot(lsio_ring *r, lsio_req *q) {
     q->slot = -1;
 }
 
+/* ---- buffers lent to the reads of hooked batches ---- */
+
+static void free_buffers(lsio_ring *r) {
+    for (int i = 0; i < r->nspare; i++) lsio_free(r->spare[i]);
+    free(r->spare);
+    r->spare = NULL;
+    r->nspare = r->nbufs = 0;
+}
+
+/* Lend a buffer to a read; 0 or ENOMEM. Reads in flight never exceed the ring's slots, so at
+ * most depth buffers are ever allocated. */
+static int lend(lsio_ring *r, lsio_req *q) {
+    if (r->nspare == 0) {
+        char *p = lsio_alloc(r->bufsize);
+        if (!p) return ENOMEM;
+        r->spare[r->nspare++] = p;
+        r->nbufs++;
+    }
+    q->buf = r->spare[--r->nspare];
+    q->cap = r->bufsize;
+    q->lent = 1;
+    return 0;
+}
+
+/* Hand a finished read's data to the hook, then take its buffers back. */
+static void run_hook(lsio_ring *r, int64_t idx, lsio_req *q) {
+    if (!q->err) {
+        int e = r->hook(r->hook_ctx, idx, q->buf + q->start, q->nbytes);
+        if (e) { q->err = e; q->err_stage = LSIO_ST_HOOK; }
+    }
+    if (q->grown) { lsio_free(q->grown); q->grown = NULL; } /* data grew past the lent one */
+    if (q->lent) r->spare[r->nspare++] = q->buf;
+    q->buf = NULL;
+    q->lent = 0;
+}
+
 static void finish(lsio_ring *r, int64_t idx, lsio_req *q) {
+    if (r->hook && q->kind == LSIO_READ) run_hook(r, idx, q);
     q->finished = 1;
     q->stage = LSIO_ST_DONE;
     r->finished++;
@@ -358,8 +407,10 @@ static void on_read(lsio_ring *r, int64_t idx, lsio_req *q, int res) {
          * regular files itself; a full buffer grows when the buffer is ours */
         eof = res < q->asked;
         if (full && !eof && q->grow) {
+            char *old = q->buf;
             int e = grow(q);
             if (e) { fail(r, idx, q, e); return; }
+            if (q->lent) { r->spare[r->nspare++] = old; q->lent = 0; } /* the data moved */
             full = 0;
         }
     }
@@ -467,6 +518,8 @@ static void close_common_dir(lsio_ring *r) {
 
 int lsio_batch_start(lsio_ring *r, lsio_req *reqs, int64_t n, int direct, int fsync) {
     open_common_dir(r, reqs, n);
+    r->hook = NULL;
+    r->burst = 0;
     r->active = 1;
     r->reqs = reqs;
     r->n = n;
@@ -480,13 +533,46 @@ int lsio_batch_start(lsio_ring *r, lsio_req *reqs, int64_t n, int direct, int fs
     return 0;
 }
 
+int lsio_batch_start_hooked(lsio_ring *r, lsio_req *reqs, int64_t n, int direct,
+                            int64_t bufsize, lsio_hook hook, void *ctx) {
+    bufsize = round_up(bufsize > 0 ? bufsize : 1, ALIGN);
+    if (bufsize != r->bufsize || !r->spare) { /* keep the buffers while the size suits */
+        free_buffers(r);
+        r->spare = malloc(sizeof(char *) * r->depth);
+        if (!r->spare) return ENOMEM;
+        r->bufsize = bufsize;
+    }
+    lsio_batch_start(r, reqs, n, direct, 0);
+    r->hook = hook;
+    r->hook_ctx = ctx;
+    /* Reads of cached data complete inside the submit call, so starting all the slots at
+     * once would read hundreds of chunks before the hook sees the first, long after it left
+     * the CPU cache. Starting a few per wait keeps the hook's data in cache, while reads
+     * that wait for the disk still pile up to the full depth over successive waits. */
+    r->burst = HOOK_BURST;
+    r->burst_bytes = HOOK_BURST_BYTES;
+    return 0;
+}
+
 /* Start as many waiting requests as there are free slots. */
 static void start_requests(lsio_ring *r) {
-    while (!r->cancelled && r->next < r->n && r->nfree > 0 && r->inflight < r->depth) {
-        int64_t idx = r->next++;
+    int64_t first = r->next, stop = r->burst ? r->next + r->burst : r->n;
+    int64_t bytes = 0;
+    if (stop > r->n) stop = r->n;
+    while (!r->cancelled && r->next < stop && r->nfree > 0 && r->inflight < r->depth) {
+        int64_t idx = r->next;
         lsio_req *q = &r->reqs[idx];
+        if (r->burst) {
+            bytes += q->length > 0 ? q->length : r->bufsize;
+            if (bytes > r->burst_bytes && idx > first) break;
+        }
+        r->next++;
         q->slot = r->free_slots[--r->nfree];
         q->direct = r->direct && q->kind == LSIO_READ;
+        if (r->hook && q->kind == LSIO_READ && !q->buf) {
+            int e = lend(r, q);
+            if (e) { fail(r, idx, q, e); continue; }
+        }
         issue_open(r, idx, q);
     }
 }

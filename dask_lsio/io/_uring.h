@@ -21,6 +21,12 @@
 #define LSIO_ST_UNLINK 7
 #define LSIO_ST_CLOSE 8
 #define LSIO_ST_DONE 9
+#define LSIO_ST_HOOK 10 /* the batch's read hook rejected the data */
+
+/* A read hook: called in the ring's thread for every read that succeeded, with the bytes it
+ * returned, before the buffer is reused. Returns 0, or an error code stored as the request's
+ * err (stage LSIO_ST_HOOK). `idx` is the request's index in the batch. */
+typedef int (*lsio_hook)(void *ctx, int64_t idx, const char *data, int64_t n);
 
 typedef struct lsio_req {
     /* inputs */
@@ -48,6 +54,7 @@ typedef struct lsio_req {
     int32_t fixed;
     int32_t direct;
     int32_t finished;
+    int32_t lent;         /* buf is lent by the ring (hooked batches) */
 } lsio_req;
 
 typedef struct lsio_ring lsio_ring;
@@ -63,6 +70,12 @@ unsigned lsio_ring_flags(lsio_ring *r);
 /* Batches: start, then run to completion or step until every request is finished. */
 int lsio_batch_start(lsio_ring *r, lsio_req *reqs, int64_t n, int direct, int fsync);
 int64_t lsio_batch_run(lsio_ring *r);
+/* A read batch whose requests have no buffers (buf NULL): the ring lends each read one of at
+ * most `depth` buffers of `bufsize` bytes while it is in flight, passes the data to `hook`,
+ * and takes the buffer back, so memory stays bounded whatever the batch's size. Run it with
+ * lsio_batch_run; the ring keeps its buffers for the next such batch. */
+int lsio_batch_start_hooked(lsio_ring *r, lsio_req *reqs, int64_t n, int direct,
+                            int64_t bufsize, lsio_hook hook, void *ctx);
 int64_t lsio_batch_step(lsio_ring *r, int64_t *out, int64_t max_out);
 int lsio_batch_cancel(lsio_ring *r);
 

@@ -13,7 +13,7 @@ import queue
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -212,6 +212,84 @@ class IoUringEngine(Engine):
             stop.set()
             for f in futures:  # no part may outlive the batch's buffers
                 f.result()
+
+    def read_hooked(
+        self,
+        paths: list[str],
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        bufsize: int,
+        hook: int,
+        make_ctx: Callable[[int], int],
+        parts: int = 1,
+    ) -> _batch.Batch:
+        """Read ranges and hand each one's bytes to a C hook in the ring's thread.
+
+        The ring lends every read a buffer of ``bufsize`` bytes (more when a read to EOF
+        finds a larger file) and takes it back once ``hook`` returned, so the bytes are
+        consumed while still in the CPU cache and memory stays at queue-depth buffers
+        whatever the batch's size. The whole batch runs in C with the GIL released.
+
+        Parameters
+        ----------
+        paths, offsets, lengths
+            The reads, as for :meth:`read_ranges` (lengths of -1 read to EOF).
+        bufsize : int
+            Bytes each read needs (see ``_batch.read_capacities``).
+        hook : int
+            Address of an ``lsio_hook`` C function.
+        make_ctx : callable
+            ``make_ctx(lo)`` returns the hook's context (an address) for the part of the
+            batch that starts at read ``lo``; the hook sees read indices relative to it.
+        parts : int
+            Split the batch into this many contiguous parts run at once on the submitter
+            threads, each on its own ring (and core).
+
+        Returns
+        -------
+        Batch
+            Its ``err`` and ``stage`` columns tell which reads failed (stage 10: the hook).
+        """
+        self._check_open()
+        n = len(paths)
+        batch = _batch.Batch(
+            _batch.READ, paths, offsets=offsets, lengths=lengths, caps=np.zeros(n, np.int64),
+            addrs=np.zeros(n, np.uint64), direct=self.direct_io, grow=True,
+        )
+        if n == 0:
+            return batch
+        reqs = ffi.new("lsio_req[]", n)
+        keep = _fill(reqs, batch)
+        c_hook = ffi.cast("lsio_hook", hook)
+        bounds = [n * i // parts for i in range(max(1, min(parts, n)) + 1)]
+        spans = list(zip(bounds[:-1], bounds[1:]))
+
+        def run(lo: int, hi: int) -> None:
+            ring = self._acquire()
+            try:
+                ctx = ffi.cast("void *", make_ctx(lo))
+                e = lib.lsio_batch_start_hooked(
+                    ring.ptr, reqs + lo, hi - lo, int(batch.direct), bufsize, c_hook, ctx
+                )
+                if e:
+                    raise OSError(e, "cannot allocate read buffers")
+                k = lib.lsio_batch_run(ring.ptr)
+                if k < 0:
+                    lib.lsio_batch_cancel(ring.ptr)
+                    raise OSError(-k, "io_uring_enter failed")
+            finally:
+                self._release(ring)
+
+        futures = [self._submitters().submit(run, lo, hi) for lo, hi in spans[1:]]
+        try:
+            run(*spans[0])
+        finally:
+            for f in futures:  # no part may outlive the batch's requests
+                f.result()
+        _collect(reqs, np.arange(n, dtype=np.int64), batch, np.zeros(n, dtype=np.uint64))
+        del keep
+        self._count(batch)
+        return batch
 
     def _submitters(self) -> ThreadPoolExecutor:
         with self._lock:

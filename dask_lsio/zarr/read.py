@@ -1,8 +1,13 @@
 """Read a region of a Zarr array: plan the objects it needs, fetch them in one engine batch,
-decode on threads as completions arrive, copy each chunk once into the output array."""
+decode on threads as completions arrive, copy each chunk once into the output array.
+
+Two ways to decode: the C kernel (:mod:`._kernel`) inside the io_uring engine's batch, when
+the codec chain is one it handles, else numcodecs on the decode threads (:mod:`._decode`).
+"""
 
 from __future__ import annotations
 
+import errno
 import itertools
 from typing import Any
 
@@ -12,7 +17,7 @@ import numpy as np
 from .. import config
 from ..errors import ChunkDecodeError
 from ..io import Engine, get_engine
-from . import _decode
+from . import _decode, _kernel
 from .spec import ArraySpec
 
 EMPTY = np.uint64(2**64 - 1)
@@ -21,7 +26,7 @@ EMPTY = np.uint64(2**64 - 1)
 def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | None = None) -> np.ndarray:
     """The values of ``spec``'s array in ``region`` (slices with step 1, within bounds)."""
     engine = engine or get_engine()
-    out = np.empty(tuple(s.stop - s.start for s in region), dtype=spec.dtype)
+    out = _output(tuple(s.stop - s.start for s in region), spec.dtype, engine)
     if out.size == 0:
         return out
     if spec.shard is None:
@@ -29,6 +34,22 @@ def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | Non
     else:
         _read_shards(spec, region, out, engine)
     return out
+
+
+_POOLED = 1 << 20  # outputs from this size on live in recycled memory
+
+
+def _output(shape: tuple[int, ...], dtype: np.dtype, engine: Engine) -> np.ndarray:
+    """An uninitialised array for a block, in memory recycled through the engine's pool.
+
+    A fresh block costs a page fault per page when first written (about a fifth of a warm
+    scan's time on our VM, and faults of two threads in one process serialise); a recycled
+    one is already mapped. The memory returns to the pool when the array is freed.
+    """
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    if nbytes < _POOLED:
+        return np.empty(shape, dtype)
+    return engine.pool.slab(nbytes)[:nbytes].view(dtype).reshape(shape)
 
 
 def grid_cells(region: tuple[slice, ...], grid: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -68,7 +89,53 @@ def _reraise(spec: ArraySpec, exc: BaseException) -> None:
     raise exc
 
 
+def cell_boxes(region: tuple[slice, ...], grid: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """The cells of ``grid`` that overlap ``region``, in C order, as (cells, ndim) arrays:
+    grid position, where the overlap starts in the cell, its extent, and where it starts in
+    the region."""
+    axes = []
+    for s, g in zip(region, grid):
+        pos = np.arange(s.start // g, (s.stop - 1) // g + 1, dtype=np.int64)
+        lo = np.maximum(pos * g, s.start)
+        hi = np.minimum(pos * g + g, s.stop)
+        axes.append((pos, lo - pos * g, hi - lo, lo - s.start))
+    if not axes:  # a 0-d array: one cell
+        return tuple(np.zeros((1, 0), np.int64) for _ in range(4))
+    index = np.indices([len(a[0]) for a in axes]).reshape(len(axes), -1)
+    return tuple(
+        np.stack([axes[d][k][index[d]] for d in range(len(axes))], axis=1) for k in range(4)
+    )
+
+
+def _fill_boxes(spec: ArraySpec, out: np.ndarray, dst: np.ndarray, count: np.ndarray) -> None:
+    """Set the boxes ``dst`` + ``count`` of ``out`` (rows of (n, ndim) arrays) to fill_value."""
+    for d, c in zip(dst.tolist(), count.tolist()):
+        out[tuple(slice(a, a + k) for a, k in zip(d, c))] = spec.fill_value
+
+
+def _kernel_chunks(spec: ArraySpec, region, out: np.ndarray, engine: Engine, code: int) -> None:
+    """Unsharded arrays through the kernel: one read and one job per chunk object."""
+    pos, start, count, dst = cell_boxes(region, spec.grid)
+    n = len(pos)
+    paths = [spec.path(c) for c in map(tuple, pos.tolist())]
+    jobs = _kernel.Jobs(
+        paths, np.zeros(n, np.int64), np.full(n, -1, np.int64), np.arange(n + 1),
+        np.zeros(n, np.int64), np.full(n, -1, np.int64), start, count, dst,
+    )
+    hint = spec.codec.nbytes + 4096  # compressors rarely expand more than their header
+    batch, failed = _kernel.run(jobs, out, spec.codec, code, engine, hint,
+                                _decode.decode_threads())
+    gone = failed[batch.err[failed] == errno.ENOENT]  # a missing chunk is all fill_value
+    if len(gone) < len(failed):
+        _reraise(spec, batch.error(int(np.setdiff1d(failed, gone)[0])))
+    _fill_boxes(spec, out, dst[gone], count[gone])
+
+
 def _read_chunks(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> None:
+    code = _kernel.kernel_codec(spec.codec)
+    if code is not None and _kernel.engine_runs_hooks(engine):
+        _kernel_chunks(spec, region, out, engine, code)
+        return
     cells = grid_cells(region, spec.grid)
     paths = [spec.path(c) for c in cells]
     codec = spec.codec
@@ -86,11 +153,58 @@ def _read_chunks(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> No
     _decode.run(engine.read_ranges(paths, errors="return", size_hint=hint), work)
 
 
+def _kernel_shards(spec: ArraySpec, region, out: np.ndarray, engine: Engine, code: int,
+                   shards: list[tuple[int, ...]], paths: list[str], index: list) -> None:
+    """Sharded arrays through the kernel: the inner chunks the region needs, found in the
+    shard indexes, read as coalesced byte ranges; each range decodes all its chunks."""
+    inner = spec.shard.inner
+    per_shard = spec.shard.per_shard(spec.grid)
+    pos, start, count, dst = cell_boxes(region, inner)  # inner chunks, global grid positions
+    first = np.array(shards[0], np.int64)  # shards are in C order from this one
+    span = [(r.stop - 1) // g + 1 - f for r, g, f in zip(region, spec.grid, shards[0])]
+    shard_no = np.ravel_multi_index(tuple((pos // per_shard - first).T), span) if pos.size \
+        else np.zeros(len(pos), np.int64)
+    table = np.full((len(shards), *per_shard, 2), EMPTY, dtype=np.uint64)
+    for s, idx in enumerate(index):
+        if idx is not None:
+            table[s] = idx
+    entry = table[(shard_no, *(pos % per_shard).T)] if pos.size else table.reshape(-1, 2)
+    absent = entry[:, 0] == EMPTY
+    _fill_boxes(spec, out, dst[absent], count[absent])
+    keep = np.flatnonzero(~absent)
+    if not len(keep):
+        return
+    offsets, lengths = entry[keep, 0].astype(np.int64), entry[keep, 1].astype(np.int64)
+    ranges = coalesce(shard_no[keep].tolist(), offsets.tolist(), lengths.tolist(),
+                      config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"))
+    order = np.fromiter(itertools.chain.from_iterable(m for _, _, m in ranges), np.int64,
+                        count=len(keep))
+    sizes = np.array([len(m) for _, _, m in ranges], np.int64)
+    starts = np.array([a for _, a, _ in ranges], np.int64)
+    ends = np.maximum.reduceat((offsets + lengths)[order], np.cumsum(sizes) - sizes)
+    read_of_job = np.repeat(np.arange(len(ranges)), sizes)
+    job_at = np.concatenate([[0], np.cumsum(sizes)])
+    rows = keep[order]
+    jobs = _kernel.Jobs(
+        [paths[s] for s, _, _ in ranges], starts, ends - starts, job_at,
+        offsets[order] - starts[read_of_job], lengths[order], start[rows], count[rows], dst[rows],
+        key=lambda j, r: f"{paths[ranges[r][0]]} bytes {offsets[order[j]]}-"
+                         f"{offsets[order[j]] + lengths[order[j]]}",
+    )
+    batch, failed = _kernel.run(jobs, out, spec.codec, code, engine, 0, _decode.decode_threads())
+    if len(failed):  # the shard was there for its index: any failure now is an error
+        _reraise(spec, batch.error(int(failed[0])))
+
+
 def _read_shards(spec: ArraySpec, region, out: np.ndarray, engine: Engine) -> None:
     layout = spec.shard
     shards = grid_cells(region, spec.grid)
     paths = [spec.path(c) for c in shards]
     index = _read_indexes(spec, paths, engine)
+    code = _kernel.kernel_codec(spec.codec)
+    if code is not None and _kernel.engine_runs_hooks(engine):
+        _kernel_shards(spec, region, out, engine, code, shards, paths, index)
+        return
     # the inner chunks the region needs, with their byte ranges
     jobs: list[tuple[int, tuple[int, ...]]] = []  # (shard number, inner grid position)
     offsets, lengths = [], []

@@ -1,0 +1,45 @@
+/* dask-lsio decode kernel: the declarations shared by _kernel.c and the cffi cdef.
+ *
+ * A plan describes one block of a Zarr array being read: where each chunk's bytes lie in the
+ * reads of one engine batch, and where its values go in the block's output array. The
+ * io_uring engine calls lsio_kernel_hook for every completed read (with the GIL released);
+ * the hook decodes the read's chunks and places them, straight into the output when a chunk
+ * lands in a contiguous piece of it, else through a scratch buffer and one strided copy.
+ */
+#include <stdint.h>
+
+#define LSIO_KMAXDIM 16
+
+/* codecs (the single bytes->bytes codec of the chain, after an identity "bytes") */
+#define LSIO_CODEC_NONE 0
+#define LSIO_CODEC_BLOSC 1
+#define LSIO_CODEC_ZSTD 2
+#define LSIO_CODEC_ZLIB 3 /* zlib and gzip streams: the header tells them apart */
+
+/* job errors */
+#define LSIO_KERR_TRUNCATED 1 /* the chunk's byte range runs past the data read */
+#define LSIO_KERR_CORRUPT 2   /* the codec rejected the data */
+#define LSIO_KERR_SIZE 3      /* the data decodes to the wrong number of bytes */
+#define LSIO_KERR_NOMEM 4
+
+typedef struct lsio_kplan {
+    int32_t codec;
+    int32_t ndim;
+    int64_t itemsize;
+    int64_t chunk_shape[LSIO_KMAXDIM]; /* the decoded chunk, C order */
+    int64_t dest_strides[LSIO_KMAXDIM]; /* of the output array, in bytes */
+    char *dest;                         /* the output array */
+    const int64_t *job_at; /* jobs of read i: job_at[i] .. job_at[i + 1] - 1 */
+    const int64_t *src_off; /* per job: where its bytes start in the read's data */
+    const int64_t *src_len; /* per job: how many (-1: all the read returned) */
+    const int64_t *dst_off; /* per job: byte offset in dest of its first value placed */
+    const int64_t *sel;     /* per job: ndim starts, then ndim counts, within the chunk */
+    int32_t *job_err;       /* per job, out: 0 or LSIO_KERR_* */
+    char *scratch;          /* one decoded chunk, for chunks that are not placed whole */
+} lsio_kplan;
+
+/* Which LSIO_CODEC_* this build decodes: bit (1 << codec). */
+uint32_t lsio_kernel_codecs(void);
+
+/* The hook for hooked read batches: ctx is a lsio_kplan. Returns 0 or 1 (see job_err). */
+int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n);

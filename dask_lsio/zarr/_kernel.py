@@ -1,0 +1,147 @@
+"""The decode kernel (``_kernel.c``) from Python: plan a block's chunk reads as flat columns,
+then read, decode and place every chunk in C, in the io_uring engine's ring threads.
+
+This is the fast path of :mod:`dask_lsio.zarr.read`. Per chunk, Python only formats its path;
+everything else is a few numpy operations per block and one C call that runs with the GIL
+released, consuming each read's bytes while they are still in the CPU cache. It applies when
+the engine is io_uring, the kernel was built, and the codec chain is one the kernel decodes
+(see :func:`kernel_codec`); :mod:`~dask_lsio.zarr.read` uses numcodecs otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ChunkDecodeError
+from ..io import Engine
+from ..io._batch import read_capacities
+from .codecs import ChunkCodec
+
+try:  # built at install time; absent when the codec libraries' headers were missing
+    from ._kernel_ext import ffi, lib
+except ImportError:  # pragma: no cover - depends on the build
+    ffi = lib = None
+
+MAX_DIM = 16
+_CODECS = {"blosc": 1, "zstd": 2, "zlib": 3, "gzip": 3}  # LSIO_CODEC_* of _kernel.h
+_JOB_ERRORS = {
+    1: "truncated: the chunk's byte range runs past the data read",
+    2: "the codec rejected the data (corrupt)",
+    3: "the data does not decode to the chunk's size",
+    4: "out of memory",
+}
+_MIN_PART = 64  # reads per part below which a block is not split over threads
+
+
+def kernel_codec(codec: ChunkCodec) -> int | None:
+    """The kernel's id for ``codec``'s chain, or None when the kernel cannot decode it:
+    at most one of blosc/zstd/gzip/zlib, no filters, transpose or checksum, native byte
+    order, at most 16 dimensions."""
+    if lib is None or codec.filters or codec.order is not None or codec.crc32c:
+        return None
+    if not codec.dtype.isnative or len(codec.shape) > MAX_DIM or len(codec.byte_codecs) > 1:
+        return None
+    if not codec.byte_codecs:
+        return 0
+    return _CODECS.get(codec.byte_codecs[0].codec_id)
+
+
+def engine_runs_hooks(engine: Engine) -> bool:
+    """Whether ``engine`` can run the kernel as its read hook (the io_uring engine)."""
+    return lib is not None and hasattr(engine, "read_hooked")
+
+
+@dataclass
+class Jobs:
+    """A block's plan: the reads, and per chunk ("job") where it lies and where it goes.
+
+    Jobs are grouped by read: read ``i`` holds jobs ``job_at[i]`` to ``job_at[i+1] - 1``.
+    ``dst`` (job, ndim) is where a chunk's placed values start in the output, ``start`` and
+    ``count`` (job, ndim) the part of the chunk they come from.
+    """
+
+    paths: list[str]
+    offsets: np.ndarray
+    lengths: np.ndarray
+    job_at: np.ndarray
+    src_off: np.ndarray
+    src_len: np.ndarray
+    start: np.ndarray
+    count: np.ndarray
+    dst: np.ndarray
+    key: Callable[[int, int], str] | None = None  # (job, read) -> key, for error messages
+
+
+def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
+        hint: int, parts: int) -> tuple[Any, np.ndarray]:
+    """Read, decode and place every job into ``out``.
+
+    Returns the engine's batch and the reads that failed (indices), which placed nothing:
+    the caller decides what a failure means (a missing chunk object is fill_value).
+
+    Raises
+    ------
+    ChunkDecodeError
+        For the first chunk the kernel could not decode, naming its key and the codecs.
+    """
+    n = len(jobs.paths)
+    plan_keep = _plan_arrays(jobs, out)
+    job_err = plan_keep["job_err"]
+    bufsize = int(read_capacities(jobs.offsets, jobs.lengths, hint, engine.direct_io).max())
+    bufsize += 4096 if engine.direct_io else 0  # room for an unaligned start
+    plans: list[Any] = []
+
+    def make_ctx(lo: int) -> int:
+        plans.append(_plan(plan_keep, out, codec, code, lo))
+        return int(ffi.cast("uintptr_t", plans[-1][0]))
+
+    hook = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lsio_kernel_hook")))
+    parts = max(1, min(parts, n // _MIN_PART))
+    batch = engine.read_hooked(jobs.paths, jobs.offsets, jobs.lengths, bufsize, hook,
+                               make_ctx, parts)
+    failed = np.flatnonzero(job_err)
+    if len(failed):
+        j = int(failed[0])
+        read = int(np.searchsorted(jobs.job_at, j, side="right") - 1)
+        key = jobs.key(j, read) if jobs.key else jobs.paths[read]
+        raise ChunkDecodeError(key, codec.names, _JOB_ERRORS.get(int(job_err[j]), "failed"))
+    return batch, np.flatnonzero(batch.err)
+
+
+def _plan_arrays(jobs: Jobs, out: np.ndarray) -> dict[str, np.ndarray]:
+    """The C-contiguous int64 columns the C plan points into (kept alive by the caller)."""
+    strides = np.asarray(out.strides, dtype=np.int64)
+    dst_off = (jobs.dst.astype(np.int64) * strides).sum(axis=1) if out.ndim else \
+        np.zeros(len(jobs.dst), np.int64)
+    sel = np.ascontiguousarray(np.concatenate([jobs.start, jobs.count], axis=1), np.int64)
+    return {
+        "job_at": np.ascontiguousarray(jobs.job_at, np.int64),
+        "src_off": np.ascontiguousarray(jobs.src_off, np.int64),
+        "src_len": np.ascontiguousarray(jobs.src_len, np.int64),
+        "dst_off": np.ascontiguousarray(dst_off, np.int64),
+        "sel": sel,
+        "job_err": np.zeros(len(dst_off), np.int32),
+    }
+
+
+def _plan(arrays: dict[str, np.ndarray], out: np.ndarray, codec: ChunkCodec, code: int,
+          lo: int) -> tuple[Any, Any]:
+    """A C plan for the part of the batch starting at read ``lo`` (own scratch buffer)."""
+    p = ffi.new("lsio_kplan *")
+    p.codec = code
+    p.ndim = len(codec.shape)
+    p.itemsize = codec.dtype.itemsize
+    for d, (c, s) in enumerate(zip(codec.shape, out.strides)):
+        p.chunk_shape[d] = c
+        p.dest_strides[d] = s
+    p.dest = ffi.cast("char *", out.__array_interface__["data"][0])
+    p.job_at = ffi.from_buffer("int64_t[]", arrays["job_at"]) + lo
+    for name in ("src_off", "src_len", "dst_off", "sel"):
+        setattr(p, name, ffi.from_buffer("int64_t[]", arrays[name]))
+    p.job_err = ffi.from_buffer("int32_t[]", arrays["job_err"])
+    scratch = np.empty(max(codec.nbytes, 1), dtype=np.uint8)
+    p.scratch = ffi.from_buffer("char[]", scratch)
+    return p, scratch
