@@ -9,7 +9,9 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py dask_lsio/io/_uring.c dask_lsio/io/_uring.h dask_lsio/io/_uring_build.py
+C_SOURCES := $(wildcard dask_lsio/*/_*.c dask_lsio/*/_*.h dask_lsio/*/_*_build.py)
+
+$(STAMP): pyproject.toml setup.py $(C_SOURCES)
 	bash scripts/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -37,4 +39,4 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_read.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info dask_lsio/io/_uring_ext*.so
+	rm -rf $(VENV) build *.egg-info dask_lsio/*/_*_ext*.so dask_lsio/*/_*_ext.c
