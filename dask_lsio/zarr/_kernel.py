@@ -1,23 +1,23 @@
-"""The decode kernel (``_kernel.c``) from Python: plan a block's chunk reads as flat columns,
-then read, decode and place every chunk in C, in the io_uring engine's ring threads.
+"""The decode kernel (``_kernel.c``) from Python: execute a plan (:class:`._plan.Jobs`) by
+reading, decoding and placing every chunk in C, in the io_uring engine's ring threads.
 
-This is the fast path of :mod:`dask_lsio.zarr.read`. Per chunk, Python only formats its path;
-everything else is a few numpy operations per block and one C call that runs with the GIL
-released, consuming each read's bytes while they are still in the CPU cache. It applies when
+This is the fast path of :mod:`dask_lsio.zarr.read`. Per chunk, Python only formats its path
+(in the plan); everything else is a few numpy operations per block and one C call that runs
+with the GIL released, consuming each read's bytes while they are still in the CPU cache. It applies when
 the engine is io_uring, the kernel was built, and the codec chain is one the kernel decodes
 (see :func:`kernel_codec`); :mod:`~dask_lsio.zarr.read` uses numcodecs otherwise.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..errors import ChunkDecodeError
 from ..io import Engine
 from ..io._batch import read_capacities
+from ._plan import Jobs
 from .codecs import ChunkCodec
 
 try:  # built at install time; absent when the codec libraries' headers were missing
@@ -54,29 +54,8 @@ def engine_runs_hooks(engine: Engine) -> bool:
     return lib is not None and hasattr(engine, "read_hooked")
 
 
-@dataclass
-class Jobs:
-    """A block's plan: the reads, and per chunk ("job") where it lies and where it goes.
-
-    Jobs are grouped by read: read ``i`` holds jobs ``job_at[i]`` to ``job_at[i+1] - 1``.
-    ``dst`` (job, ndim) is where a chunk's placed values start in the output, ``start`` and
-    ``count`` (job, ndim) the part of the chunk they come from.
-    """
-
-    paths: list[str]
-    offsets: np.ndarray
-    lengths: np.ndarray
-    job_at: np.ndarray
-    src_off: np.ndarray
-    src_len: np.ndarray
-    start: np.ndarray
-    count: np.ndarray
-    dst: np.ndarray
-    key: Callable[[int, int], str] | None = None  # (job, read) -> key, for error messages
-
-
 def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
-        hint: int, parts: int) -> tuple[Any, np.ndarray]:
+        parts: int) -> tuple[Any, np.ndarray]:
     """Read, decode and place every job into ``out``.
 
     Returns the engine's batch and the reads that failed (indices), which placed nothing:
@@ -90,6 +69,7 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
     n = len(jobs.paths)
     plan_keep = _plan_arrays(jobs, out)
     job_err = plan_keep["job_err"]
+    hint = jobs.hint or 1
     bufsize = int(read_capacities(jobs.offsets, jobs.lengths, hint, engine.direct_io).max())
     bufsize += 4096 if engine.direct_io else 0  # room for an unaligned start
     plans: list[Any] = []
@@ -106,8 +86,7 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
     if len(failed):
         j = int(failed[0])
         read = int(np.searchsorted(jobs.job_at, j, side="right") - 1)
-        key = jobs.key(j, read) if jobs.key else jobs.paths[read]
-        raise ChunkDecodeError(key, codec.names, _JOB_ERRORS.get(int(job_err[j]), "failed"))
+        raise ChunkDecodeError(jobs.job_key(j, read), codec.names, _JOB_ERRORS.get(int(job_err[j]), "failed"))
     return batch, np.flatnonzero(batch.err)
 
 
