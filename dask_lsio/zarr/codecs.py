@@ -133,6 +133,22 @@ class ChunkCodec:
         stored = tuple(self.shape[i] for i in self.order)
         return arr.reshape(stored).transpose(np.argsort(self.order))
 
+    def encode(self, chunk: np.ndarray) -> bytes:
+        """The stored bytes of ``chunk`` (an array of the chunk shape, logical order): the
+        chain applied forwards, the mirror of :meth:`decode`."""
+        arr = np.asarray(chunk).astype(self.dtype, copy=False)  # stored byte order
+        if self.order is not None:
+            arr = arr.transpose(self.order)
+        buf: Any = np.ascontiguousarray(arr)
+        for codec in self.filters:
+            buf = codec.encode(buf)
+        for codec in self.byte_codecs:  # blosc takes its typesize from the typed array
+            buf = codec.encode(buf)
+        out = bytes(memoryview(buf).cast("B")) if not isinstance(buf, bytes) else buf
+        if self.crc32c:
+            out += _crc32c.crc32c(out).to_bytes(4, "little")
+        return out
+
     def _check_crc(self, buf: memoryview, key: str) -> memoryview:
         if len(buf) < 4:
             raise ChunkDecodeError(key, self.names, f"{len(buf)} bytes cannot hold a crc32c")
@@ -190,9 +206,9 @@ def v3_chain(codecs: list[dict], shape: tuple[int, ...], data_type: Any) -> Chun
         elif name == "bytes":
             endian, serialized = conf.get("endian"), True
         elif name == "crc32c":
-            if byte_codecs:
-                raise UnsupportedCodecError("crc32c before a compressor", "crc32c")
             crc = True
+        elif crc:  # checked first when decoding, so it must be the last codec
+            raise UnsupportedCodecError(f"codec {name!r} after crc32c", name)
         elif name in _V3_BYTES_CODECS:
             byte_codecs.append(_numcodecs_v3(name, conf))
         elif name.startswith("numcodecs."):

@@ -1,0 +1,100 @@
+"""Write a region of a Zarr array: encode every chunk (or whole shard) it covers, then write
+them all in one engine batch, each object to a temporary name renamed into place.
+
+The format layer of ``to_zarr``: the region must be made of whole write units (shards, or
+chunks when unsharded), except where it ends at the array's edge; edge units are padded with
+fill_value to their full shape, as zarr-python stores them. Units that hold only fill_value
+are not written, and a stale object left by an earlier write is deleted (zarr-python's
+``write_empty_chunks=False``).
+"""
+
+from __future__ import annotations
+
+import crc32c
+import numpy as np
+
+from ..io import Engine, get_engine
+from ._plan import EMPTY, cell_boxes
+from .spec import ArraySpec
+
+
+def check_aligned(spec: ArraySpec, region: tuple[slice, ...]) -> None:
+    """Raise ValueError unless ``region`` is made of whole write units (or ends at the edge)."""
+    for axis, (s, g, n) in enumerate(zip(region, spec.grid, spec.shape)):
+        if s.start % g or (s.stop % g and s.stop != n):
+            raise ValueError(
+                f"region {s.start}:{s.stop} along axis {axis} of {spec.root!r} does not align "
+                f"with its {'shards' if spec.shard else 'chunks'} of {g}: a partial write "
+                "unit would lose the values already stored around it"
+            )
+
+
+def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
+                 engine: Engine | None = None, write_empty_chunks: bool = False) -> int:
+    """Store ``values`` (shaped like ``region``) into the array; return the bytes written.
+
+    Raises ValueError for a misaligned region, and BatchIOError (OSErrors naming each path)
+    when objects could not be written; objects are complete or absent, never torn.
+    """
+    check_aligned(spec, region)
+    engine = engine or get_engine()
+    pos, _, count, dst = cell_boxes(region, spec.grid)
+    writes, deletes = [], []
+    for p, c, d in zip(map(tuple, pos.tolist()), count.tolist(), dst.tolist()):
+        unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
+        data = _encode_unit(spec, unit, write_empty_chunks)
+        if data is None:  # all fill_value: no object, and none left from an earlier write
+            deletes.append(spec.path(p))
+        else:
+            writes.append((spec.path(p), data))
+    written = sum(engine.write(writes)) if writes else 0
+    if deletes:
+        engine.delete(deletes)
+    return written
+
+
+def _padded(spec: ArraySpec, part: np.ndarray) -> np.ndarray:
+    """A whole write unit: ``part`` with fill_value beyond the array's edge."""
+    if part.shape == spec.grid:
+        return part
+    unit = np.full(spec.grid, spec.fill_value, dtype=spec.dtype)
+    unit[tuple(slice(0, k) for k in part.shape)] = part
+    return unit
+
+
+def _is_fill(arr: np.ndarray, fill) -> bool:
+    if isinstance(fill, float | np.floating | complex | np.complexfloating) and np.isnan(fill):
+        return bool(np.isnan(arr).all())
+    return bool((arr == fill).all())
+
+
+def _encode_unit(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes | None:
+    """The object of one write unit, or None when it holds only fill_value."""
+    if spec.shard is None:
+        if not write_empty and _is_fill(unit, spec.fill_value):
+            return None
+        return spec.codec.encode(unit)
+    return _encode_shard(spec, unit, write_empty)
+
+
+def _encode_shard(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes | None:
+    """A shard: its inner chunks in C order, and the index of (offset, nbytes) pairs."""
+    layout = spec.shard
+    per_shard = layout.per_shard(spec.grid)
+    index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
+    head = layout.index_nbytes(spec.grid) if not layout.index_at_end else 0
+    parts, at = [], head
+    for inner in np.ndindex(*per_shard):
+        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
+        if not write_empty and _is_fill(chunk, spec.fill_value):
+            continue
+        data = spec.codec.encode(chunk)
+        index[inner] = (at, len(data))
+        parts.append(data)
+        at += len(data)
+    if not parts:
+        return None
+    raw = index.tobytes()
+    if layout.index_crc32c:
+        raw += crc32c.crc32c(raw).to_bytes(4, "little")
+    return raw + b"".join(parts) if not layout.index_at_end else b"".join(parts) + raw

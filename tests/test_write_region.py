@@ -1,0 +1,95 @@
+"""The format layer of to_zarr: what write_region stores, zarr-python reads back exactly."""
+
+from __future__ import annotations
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, TransposeCodec, ZstdCodec
+
+from conftest import make_engine
+from dask_lsio.zarr.read import read_region
+from dask_lsio.zarr.spec import local_root, spec_from_array
+from dask_lsio.zarr.write import write_region
+
+SHAPE, CHUNKS = (10, 13, 7), (4, 5, 7)
+LAYOUTS = {
+    "blosc": dict(compressors=BloscCodec(cname="lz4", shuffle="shuffle")),
+    "zstd-crc32c": dict(compressors=[ZstdCodec(), Crc32cCodec()]),
+    "big-endian-transpose": dict(compressors=None, serializer=BytesCodec(endian="big"),
+                                 filters=[TransposeCodec(order=(2, 0, 1))]),
+    "shards-end": dict(compressors=ZstdCodec(), shards=(8, 10, 7)),
+    "shards-start": dict(compressors=None,
+                         shards={"shape": (8, 10, 7), "index_location": "start"}),
+    "v2-F-zlib": dict(zarr_format=2, order="F", compressors=numcodecs.Zlib()),
+}
+
+
+def create(path, layout, dtype="float32", fill=0):
+    kwargs = dict(LAYOUTS[layout])
+    z = zarr.create_array(str(path), shape=SHAPE, chunks=CHUNKS, dtype=dtype, fill_value=fill,
+                          **kwargs)
+    return spec_from_array(*local_root(str(path), None)), z
+
+
+def whole(spec):
+    return tuple(slice(0, n) for n in spec.shape)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind", ["io_uring", "threads"])
+def test_zarr_reads_back_what_we_write(tmp_path, layout, kind):
+    spec, z = create(tmp_path / "a", layout)
+    values = np.random.default_rng(0).normal(size=SHAPE).astype("float32")
+    values[:4, :5] = 0  # a unit of fill_value only: no object
+    engine = make_engine(kind)
+    try:
+        write_region(spec, whole(spec), values, engine)
+        np.testing.assert_array_equal(z[...], values)
+        np.testing.assert_array_equal(read_region(spec, whole(spec), engine), values)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("layout", ["blosc", "shards-end"])
+def test_aligned_region_keeps_the_rest(tmp_path, layout):
+    spec, z = create(tmp_path / "a", layout)
+    before = np.arange(np.prod(SHAPE), dtype="float32").reshape(SHAPE)
+    z[...] = before
+    g = spec.grid
+    region = (slice(g[0], SHAPE[0]), slice(0, SHAPE[1]), slice(0, SHAPE[2]))  # to the edge
+    new = -np.ones(tuple(s.stop - s.start for s in region), dtype="float32")
+    write_region(spec, region, new)
+    expected = before.copy()
+    expected[region] = new
+    np.testing.assert_array_equal(z[...], expected)
+
+
+def test_misaligned_region_raises_and_writes_nothing(tmp_path):
+    spec, z = create(tmp_path / "a", "shards-end")
+    z[...] = 1
+    region = (slice(2, 10), slice(0, 13), slice(0, 7))
+    with pytest.raises(ValueError, match="axis 0 .* does not align with its shards of 8"):
+        write_region(spec, region, np.zeros((8, 13, 7), "float32"))
+    np.testing.assert_array_equal(z[...], 1)
+
+
+@pytest.mark.parametrize("fill", [0, np.nan])
+def test_all_fill_units_delete_stale_objects(tmp_path, fill):
+    spec, z = create(tmp_path / "a", "blosc", fill=fill)
+    z[...] = 5
+    write_region(spec, whole(spec), np.full(SHAPE, fill, dtype="float32"))
+    assert not [p for p in (tmp_path / "a").rglob("*") if p.is_file() and "c" in p.parts]
+    np.testing.assert_array_equal(z[...], np.full(SHAPE, fill, dtype="float32"))
+    write_region(spec, whole(spec), np.full(SHAPE, fill, dtype="float32"),
+                 write_empty_chunks=True)
+    assert sum(1 for p in (tmp_path / "a" / "c").rglob("*") if p.is_file()) == 3 * 3
+
+
+def test_integer_and_bool_dtypes(tmp_path):
+    for dtype in ["int16", "uint64", "bool", "complex64"]:
+        spec, z = create(tmp_path / dtype, "zstd-crc32c", dtype=dtype)
+        values = (np.random.default_rng(1).random(SHAPE) * 40).astype(dtype)
+        write_region(spec, whole(spec), values)
+        np.testing.assert_array_equal(z[...], values, err_msg=dtype)
