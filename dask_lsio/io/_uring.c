@@ -46,7 +46,7 @@ struct lsio_ring {
     lsio_hook hook;
     void *hook_ctx;
     char **spare;       /* buffers not lent out; at most depth exist */
-    int nspare, nbufs;
+    int nspare;
     int64_t bufsize;
     int64_t burst;      /* requests started per wait (0: as many as slots allow) */
     int64_t burst_bytes; /* and at most this many bytes of them (the first always starts) */
@@ -201,7 +201,7 @@ static void free_buffers(lsio_ring *r) {
     for (int i = 0; i < r->nspare; i++) lsio_free(r->spare[i]);
     free(r->spare);
     r->spare = NULL;
-    r->nspare = r->nbufs = 0;
+    r->nspare = 0;
 }
 
 /* Lend a buffer to a read; 0 or ENOMEM. Reads in flight never exceed the ring's slots, so at
@@ -211,7 +211,6 @@ static int lend(lsio_ring *r, lsio_req *q) {
         char *p = lsio_alloc(r->bufsize);
         if (!p) return ENOMEM;
         r->spare[r->nspare++] = p;
-        r->nbufs++;
     }
     q->buf = r->spare[--r->nspare];
     q->cap = r->bufsize;

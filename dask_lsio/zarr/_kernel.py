@@ -69,9 +69,8 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
     n = len(jobs.paths)
     plan_keep = _plan_arrays(jobs, out)
     job_err = plan_keep["job_err"]
-    hint = jobs.hint or 1
+    hint = jobs.hint or 1  # (O_DIRECT capacities include the aligned start and end)
     bufsize = int(read_capacities(jobs.offsets, jobs.lengths, hint, engine.direct_io).max())
-    bufsize += 4096 if engine.direct_io else 0  # room for an unaligned start
     plans: list[Any] = []
 
     def make_ctx(lo: int) -> int:
@@ -86,15 +85,14 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
     if len(failed):
         j = int(failed[0])
         read = int(np.searchsorted(jobs.job_at, j, side="right") - 1)
-        raise ChunkDecodeError(jobs.job_key(j, read), codec.names, _JOB_ERRORS.get(int(job_err[j]), "failed"))
+        reason = _JOB_ERRORS.get(int(job_err[j]), "failed")
+        raise ChunkDecodeError(jobs.job_key(j, read), codec.names, reason)
     return batch, np.flatnonzero(batch.err)
 
 
 def _plan_arrays(jobs: Jobs, out: np.ndarray) -> dict[str, np.ndarray]:
     """The C-contiguous int64 columns the C plan points into (kept alive by the caller)."""
-    strides = np.asarray(out.strides, dtype=np.int64)
-    dst_off = (jobs.dst.astype(np.int64) * strides).sum(axis=1) if out.ndim else \
-        np.zeros(len(jobs.dst), np.int64)
+    dst_off = (jobs.dst.astype(np.int64) * np.asarray(out.strides, np.int64)).sum(axis=1)
     sel = np.ascontiguousarray(np.concatenate([jobs.start, jobs.count], axis=1), np.int64)
     return {
         "job_at": np.ascontiguousarray(jobs.job_at, np.int64),
