@@ -9,7 +9,7 @@ BENCH_STAMP := $(VENV)/.bench-stamp
 
 setup: $(STAMP)
 
-C_SOURCES := $(filter-out %_ext.c,$(wildcard dask_lsio/*/_*.c dask_lsio/*/_*.h dask_lsio/*/_*_build.py))
+C_SOURCES := $(filter-out %_ext.c,$(wildcard dask_lsio/*/_*.c dask_lsio/*/_*.h)) dask_lsio/_cffi_build.py
 
 $(STAMP): pyproject.toml setup.py $(C_SOURCES)
 	bash scripts/system-deps.sh

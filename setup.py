@@ -46,14 +46,14 @@ def _links(name: str, src: str, libs: list[str]) -> bool:
 
 modules = []
 if _links("URING", URING_PROBE, ["uring"]):
-    modules.append("dask_lsio/io/_uring_build.py:ffibuilder")
+    modules.append("dask_lsio/_cffi_build.py:uring_ffi")
 else:
     sys.stderr.write(
         "dask-lsio: liburing headers not found (apt-get install liburing-dev); "
         "building without the io_uring engine, the thread engine will be used\n"
     )
 if _links("KERNEL", KERNEL_PROBE, ["blosc", "zstd", "z"]):
-    modules.append("dask_lsio/zarr/_kernel_build.py:ffibuilder")
+    modules.append("dask_lsio/_cffi_build.py:kernel_ffi")
 else:
     sys.stderr.write(
         "dask-lsio: c-blosc/zstd/zlib headers not found (apt-get install libblosc-dev "
