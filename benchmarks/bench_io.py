@@ -605,9 +605,20 @@ def done_when(results: list[Result]) -> list[Check]:
     ]
 
 
+def save_json(path: Path, meta: dict, rows: list[dict], checks: list[Check]) -> None:
+    """A benchmark's JSON file: how it was measured, its result rows and its checks (the
+    layout the IO and read benchmarks share)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checks_out = [
+        {"check": c.text, "status": c.status, "value": c.value, "target": c.target,
+         "detail": c.detail}
+        for c in checks
+    ]
+    path.write_text(json.dumps({"meta": meta, "results": rows, "checks": checks_out}, indent=1))
+
+
 def write_json(path: Path, results: list[Result], checks: list[Check], meta: dict) -> None:
     """Every timed run, the medians, the checks and how they were measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:
         py, fio = ratios(results, r)
@@ -617,12 +628,7 @@ def write_json(path: Path, results: list[Result], checks: list[Check], meta: dic
             "files": r.runs[0].files, "median_s": r.median_s, "gb_per_s": r.gbps,
             "files_per_s": r.files_per_s, "ratio_python": py, "ratio_fio": fio,
         })
-    checks_out = [
-        {"check": c.text, "status": c.status, "value": c.value, "target": c.target,
-         "detail": c.detail}
-        for c in checks
-    ]
-    path.write_text(json.dumps({"meta": meta, "results": rows, "checks": checks_out}, indent=1))
+    save_json(path, meta, rows, checks)
 
 
 # -- main --------------------------------------------------------------------------------

@@ -972,7 +972,6 @@ def done_when(results: list[Result]) -> list[bench_io.Check]:
 
 def write_json(path: Path, results: list[Result], checks: list, meta: dict) -> None:
     """Every timed run, the medians, the checks and how they were measured."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for r in results:
         row = {
@@ -987,11 +986,7 @@ def write_json(path: Path, results: list[Result], checks: list, meta: dict) -> N
                 "ratio_ceiling": x["ceil"],
             }
         rows.append(row)
-    checks_out = [
-        {"check": c.text, "status": c.status, "value": c.value, "target": c.target}
-        for c in checks
-    ]
-    path.write_text(json.dumps({"meta": meta, "results": rows, "checks": checks_out}, indent=1))
+    bench_io.save_json(path, meta, rows, checks)
 
 
 # -- main --------------------------------------------------------------------------------
