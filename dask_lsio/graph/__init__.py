@@ -1,6 +1,8 @@
-"""The Dask side: graphs of coarse blocks that read many chunks per task."""
+"""The Dask side: graphs of coarse blocks that read or write many chunks per task."""
 
 from .from_zarr import from_zarr
 from .source import ZarrSource
+from .target import ZarrTarget
+from .to_zarr import to_zarr
 
-__all__ = ["ZarrSource", "from_zarr"]
+__all__ = ["ZarrSource", "ZarrTarget", "from_zarr", "to_zarr"]

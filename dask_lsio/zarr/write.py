@@ -15,6 +15,7 @@ import numpy as np
 
 from ..io import Engine, get_engine
 from ._plan import EMPTY, cell_boxes
+from .read import read_region
 from .spec import ArraySpec
 
 
@@ -53,6 +54,30 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
     return written
 
 
+def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
+                  engine: Engine | None = None, write_empty_chunks: bool = False) -> int:
+    """:func:`write_region` for any region: units it covers only in part are read, updated
+    and written whole. The caller must be the only writer of those units (``to_zarr`` cuts
+    blocks on the unit grid, so each partial unit belongs to one task)."""
+    outer = covering_region(spec, region)
+    if outer == region:
+        return write_region(spec, region, values, engine, write_empty_chunks)
+    engine = engine or get_engine()
+    merged = read_region(spec, outer, engine)
+    merged[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer))] = values
+    return write_region(spec, outer, merged, engine, write_empty_chunks)
+
+
+def covering_region(spec: ArraySpec, region: tuple[slice, ...]) -> tuple[slice, ...]:
+    """The smallest region of whole write units (clipped at the array's edge) around ``region``."""
+    if any(s.start == s.stop for s in region):
+        return region
+    return tuple(
+        slice(s.start // g * g, min(n, -(-s.stop // g) * g))
+        for s, g, n in zip(region, spec.grid, spec.shape)
+    )
+
+
 def _padded(spec: ArraySpec, part: np.ndarray) -> np.ndarray:
     """A whole write unit: ``part`` with fill_value beyond the array's edge."""
     if part.shape == spec.grid:
@@ -63,9 +88,13 @@ def _padded(spec: ArraySpec, part: np.ndarray) -> np.ndarray:
 
 
 def _is_fill(arr: np.ndarray, fill) -> bool:
-    if isinstance(fill, float | np.floating | complex | np.complexfloating) and np.isnan(fill):
-        return bool(np.isnan(arr).all())
-    return bool((arr == fill).all())
+    """Whether every element is ``fill`` (NaN matching NaN)."""
+    nan = isinstance(fill, float | np.floating | complex | np.complexfloating) and np.isnan(fill)
+    first = arr[(0,) * arr.ndim] if arr.size else fill
+    # most units hold data: their first element already tells, without a pass over the unit
+    if not (np.isnan(first) if nan else first == fill):
+        return False
+    return bool(np.isnan(arr).all() if nan else (arr == fill).all())
 
 
 def _encode_unit(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes | None:
