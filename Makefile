@@ -23,11 +23,12 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 
-# The main job on sample datasets it generates: the IO and read benchmarks in quick mode.
+# The main job on sample datasets it generates: the IO, read and write benchmarks, quick mode.
 demo: $(BENCH_STAMP)
 	$(PY) -m dask_lsio info
 	$(PY) benchmarks/bench_io.py --quick
 	$(PY) benchmarks/bench_read.py --quick
+	$(PY) benchmarks/bench_write.py --quick
 
 test: setup
 	$(PY) -m dask_lsio info
@@ -37,6 +38,7 @@ test: setup
 bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_read.py
+	$(PY) benchmarks/bench_write.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dask_lsio/*/_*_ext*.so dask_lsio/*/_*_ext.c

@@ -28,6 +28,8 @@ Writers, each creating a new array in a new directory (the metadata write is in 
 ``plain-write``  the IO ceiling: the objects a zarr-python run wrote, already in memory,
                  written again by a plain Python loop (``open``/``write``/``close``,
                  directories made as needed): no encode, no temporary names, no renames
+``engine-write`` the same objects in one ``dask_lsio.get_engine().write`` batch: temporary
+                 names renamed into place, as dask_lsio writes them, without encoding
 
 Every timed run starts after ``sync`` (untimed), so no run pays for the previous one's
 writeback; the page cache holds the written data afterwards, as it would for a user (no
@@ -71,7 +73,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_io  # noqa: E402  (sibling module: the JSON layout and the checks)
 import bench_read  # noqa: E402  (the data generator)
 
-WRITERS = ["dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "encode-only", "plain-write"]
+WRITERS = ["dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "encode-only", "plain-write",
+           "engine-write"]
 BLOCK = 64  # axis-0 size of the dask blocks
 CHUNK = (1, 128, 128)
 SHARD = (16, 512, 512)
@@ -220,6 +223,12 @@ def plain_write(objects: list[tuple[str, bytes]], path: Path) -> None:
             f.write(blob)
 
 
+def engine_write(objects: list[tuple[str, bytes]], path: Path) -> None:
+    from dask_lsio import get_engine
+
+    get_engine().write([(os.path.join(path, rel), blob) for rel, blob in objects])
+
+
 WRITE_FUNCS: dict[str, Callable] = {
     "dask_lsio": write_dask_lsio, "dask": write_dask, "zarr": write_zarr,
     "zarrs": write_zarrs, "tensorstore": write_tensorstore,
@@ -266,6 +275,8 @@ def one_run(writer: str, data: np.ndarray, layout: Layout, path: Path, objects: 
         encode_only(data, layout)
     elif writer == "plain-write":
         plain_write(objects, path)
+    elif writer == "engine-write":
+        engine_write(objects, path)
     else:
         WRITE_FUNCS[writer](source, layout, path)
     if durable:
@@ -280,7 +291,7 @@ def run_layout(layout: Layout, data: np.ndarray, writers: list[str], args) -> li
     results = {w: Result(layout.name, w, nbytes=data.nbytes) for w in writers}
     rng = np.random.default_rng(0)
     objects: list = []
-    if "plain-write" in writers:  # the bytes a zarr-python run stores
+    if {"plain-write", "engine-write"} & set(writers):  # the bytes a zarr-python run stores
         write_zarr(data, layout, out_dir / "reference")
         objects = stored_objects(out_dir / "reference")
     try:

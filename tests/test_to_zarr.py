@@ -134,7 +134,7 @@ def test_modes(tmp_path):
         dask_lsio.to_zarr(x, path, chunks=(6,))
     with pytest.raises(FileExistsError, match="mode='w-'"):
         dask_lsio.to_zarr(x, path, mode="w-")
-    with pytest.raises(Exception):
+    with pytest.raises(FileNotFoundError, match="missing.*mode='r\\+'"):
         dask_lsio.to_zarr(x, tmp_path / "missing", mode="r+")
     with pytest.raises(ValueError, match="mode must be one of"):
         dask_lsio.to_zarr(x, path, mode="r")
@@ -218,6 +218,17 @@ def test_unsupported_dtype_falls_back_or_raises(tmp_path):
     assert list(zarr.open_array(tmp_path / "s")[...]) == ["a", "bb", "ccc", "d"]
     with dask.config.set({"lsio.strict": True}), pytest.raises(UnsupportedCodecError):
         dask_lsio.to_zarr(strings, tmp_path / "s2", chunks=(2,), dtype=str)
+
+
+def test_other_stores_go_through_dask_in_whole_units():
+    """A store we do not write (here fsspec's memory://) goes through dask.array.to_zarr,
+    still in blocks of whole shards: dask alone would lose data with these blocks."""
+    values = np.arange(240, dtype="int32")
+    x = da.from_array(values, chunks=30)
+    url = f"memory://lsio-{os.getpid()}/a"
+    with pytest.warns(UserWarning, match="through dask.array.to_zarr"):
+        dask_lsio.to_zarr(x, url, chunks=(10,), shards=(120,))
+    np.testing.assert_array_equal(zarr.open_array(url, mode="r")[...], values)
 
 
 KILLED_WRITER = """

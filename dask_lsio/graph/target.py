@@ -35,7 +35,7 @@ class ZarrTarget(ZarrSource):
         self.write_empty_chunks = write_empty_chunks
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        region = _plain_region(normalize_index(key, self.shape), self.shape)
+        region = plain_region(normalize_index(key, self.shape), self.shape)
         shape = tuple(s.stop - s.start for s in region)
         values = np.broadcast_to(np.asarray(value, dtype=self.dtype), shape)
         update_region(self.spec, region, values, write_empty_chunks=self.write_empty_chunks)
@@ -47,7 +47,7 @@ class ZarrTarget(ZarrSource):
         return f"ZarrTarget({self.spec.root!r}, shape={self.shape}, dtype={self.dtype})"
 
 
-def _plain_region(key: tuple, shape: tuple[int, ...]) -> tuple[slice, ...]:
+def plain_region(key: tuple, shape: tuple[int, ...]) -> tuple[slice, ...]:
     """``key`` as slices of step 1 (what a write unit can be made of), else ValueError."""
     region = []
     for axis, (k, n) in enumerate(zip(key, shape)):

@@ -15,7 +15,7 @@ from dask.array.slicing import normalize_index
 from .. import config
 from ..errors import UnsupportedCodecError
 from ..zarr.spec import ArraySpec, local_root, spec_from_array
-from .target import ZarrTarget, _plain_region
+from .target import ZarrTarget, plain_region
 
 _MODES = ("r+", "a", "w", "w-")
 
@@ -132,7 +132,7 @@ def _region(z: zarr.Array, arr: da.Array, region: tuple | None) -> tuple[slice, 
     """The target region as slices; its shape must be ``arr``'s."""
     if region is None:
         region = tuple(slice(0, n) for n in z.shape)
-    region = _plain_region(normalize_index(region, z.shape), z.shape)
+    region = plain_region(normalize_index(region, z.shape), z.shape)
     shape = tuple(s.stop - s.start for s in region)
     if shape != tuple(arr.shape):
         raise ValueError(f"array of shape {arr.shape} does not fit region {region} "
@@ -147,6 +147,8 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
     path = os.path.join(root, component or "")
     exists = os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(
         os.path.join(path, ".zarray"))
+    if mode == "r+" and not exists:
+        raise FileNotFoundError(f"no Zarr array at {path!r} to write into (mode='r+')")
     if mode == "r+" or (mode == "a" and exists and not kwargs.get("overwrite")):
         if kwargs:
             raise ValueError(f"an array exists at {path!r}: creation options {sorted(kwargs)} "
@@ -184,8 +186,12 @@ def _through_dask(arr, url, component, storage_options, region, compute, return_
         raise UnsupportedCodecError(why, None)
     warnings.warn(f"writing to {why} through dask.array.to_zarr (correct, slower)",
                   stacklevel=3)
-    if isinstance(url, zarr.Array):
+    if isinstance(url, zarr.Array):  # dask rechunks to the array's write units itself
         return da.to_zarr(arr, url, region=region, compute=compute, return_stored=return_stored)
+    unit = kwargs.get("shards") or kwargs.get("chunks")
+    if isinstance(unit, tuple | list) and len(unit) == arr.ndim:  # dask does not: whole
+        # units per block, or two of its tasks would write the same shard (and lose data)
+        arr = arr.rechunk(aligned_chunks(arr.chunks, tuple(unit), (0,) * arr.ndim))
     return da.to_zarr(arr, url, component=component, storage_options=storage_options,
                       region=region, compute=compute, return_stored=return_stored, mode=mode,
                       **kwargs)
