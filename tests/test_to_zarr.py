@@ -245,12 +245,11 @@ def test_killed_writer_leaves_whole_objects(tmp_path):
     path = tmp_path / "a"
     zarr.create_array(path, shape=(64, 256, 256), chunks=(1, 64, 64), dtype="int32",
                       compressors=ZstdCodec(level=1))
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)],
-                            stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "1"  # one whole round is stored
-    time.sleep(0.15)  # then kill it part-way through a later round
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    with subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path)],
+                          stdout=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout.readline().strip() == "1"  # one whole round is stored
+        time.sleep(0.15)  # then kill it part-way through a later round
+        proc.send_signal(signal.SIGKILL)
     z = zarr.open_array(path)
     values = z[...]  # every object decodes (a torn one would not)
     per_chunk = values.reshape(64, 4, 64, 4, 64)
