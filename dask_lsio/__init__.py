@@ -7,6 +7,16 @@ from .errors import BatchIOError, EngineUnavailableError, LSIOError
 from .graph import from_zarr, to_zarr
 from .io import ReadRequest, get_engine
 
+
+def __getattr__(name: str):
+    # the plugin imports distributed: only those who ask for it pay for that import
+    if name == "LSIOWorkerPlugin":
+        from .worker_plugin import LSIOWorkerPlugin
+
+        return LSIOWorkerPlugin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 try:
     __version__ = version("dask-lsio")
 except PackageNotFoundError:  # running from a source tree
@@ -16,6 +26,7 @@ __all__ = [
     "BatchIOError",
     "EngineUnavailableError",
     "LSIOError",
+    "LSIOWorkerPlugin",
     "ReadRequest",
     "__version__",
     "from_zarr",

@@ -6,6 +6,7 @@ import functools
 import logging
 import os
 import platform
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from .requests import ReadRequest
 
 logger = logging.getLogger("dask_lsio")
 KINDS = ("auto", "io_uring", "threads")
+PLUGIN_NAME = "dask-lsio"  # the worker plugin's name in ``worker.plugins``
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
@@ -80,7 +82,12 @@ def _explain(e: OSError | BatchIOError, sysctl: str) -> str:
 
 
 def get_engine(kind: str | None = None) -> Engine:
-    """The engine of this process, created on first use and shared by all threads.
+    """The engine of this worker or process.
+
+    Inside a task on a distributed worker that has the
+    :class:`~dask_lsio.LSIOWorkerPlugin`, the plugin's engine of that worker; otherwise
+    (no plugin, no distributed, or an explicit ``kind``) the process's engine of that kind,
+    created on first use and shared by all threads.
 
     Parameters
     ----------
@@ -93,16 +100,43 @@ def get_engine(kind: str | None = None) -> Engine:
     -------
     Engine
     """
-    kind = kind or config.get("engine")
-    if kind not in KINDS:
-        raise ValueError(f"lsio.engine must be one of {KINDS}, got {kind!r}")
+    if kind is None:
+        engine = _worker_engine()
+        if engine is not None:
+            return engine
+    kind = _kind(kind)
     with _lock:
-        if kind == "auto":
-            kind = _resolve_auto()
         engine = _engines.get(kind)
         if engine is None or engine.closed:
             engine = _engines[kind] = _create(kind)
         return engine
+
+
+def new_engine(kind: str | None = None, **options) -> Engine:
+    """A new engine of ``kind`` (default ``lsio.engine``) that the caller owns and closes;
+    options the kind does not take (``queue_depth`` for threads ...) are ignored."""
+    return _create(_kind(kind), **options)
+
+
+def _kind(kind: str | None) -> str:
+    kind = kind or config.get("engine")
+    if kind not in KINDS:
+        raise ValueError(f"lsio.engine must be one of {KINDS}, got {kind!r}")
+    return _resolve_auto() if kind == "auto" else kind
+
+
+def _worker_engine() -> Engine | None:
+    """The plugin engine of the distributed worker running this task, if any."""
+    worker_mod = sys.modules.get("distributed.worker")  # not imported: no worker here
+    if worker_mod is None:
+        return None
+    try:
+        worker = worker_mod.get_worker()
+    except ValueError:  # not inside a task on a worker
+        return None
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    engine = plugin.engine(worker) if plugin is not None else None
+    return engine if engine is not None and not engine.closed else None
 
 
 def _resolve_auto() -> str:
@@ -114,17 +148,18 @@ def _resolve_auto() -> str:
     return "threads"
 
 
-def _create(kind: str) -> Engine:
+def _create(kind: str, queue_depth: int | None = None, threads: int | None = None,
+            **common) -> Engine:
     if kind == "io_uring":
         st = uring_status()
         if not st.available:
             raise EngineUnavailableError(f"the io_uring engine cannot run here: {st.reason}")
         from ._uring import IoUringEngine
 
-        return IoUringEngine()
+        return IoUringEngine(queue_depth=queue_depth, **common)
     from ._threads import ThreadEngine
 
-    return ThreadEngine()
+    return ThreadEngine(threads=threads, **common)
 
 
 def _forget_after_fork() -> None:

@@ -32,12 +32,15 @@ class ThreadEngine(Engine):
         Worker threads (default ``lsio.threads``).
     direct_io : bool, optional
         Read with O_DIRECT (default ``lsio.direct-io``).
+    decode_threads : int, optional
+        Threads that decode one task's chunks (default ``lsio.decode-threads``).
     """
 
     kind = "threads"
 
-    def __init__(self, threads: int | None = None, direct_io: bool | None = None) -> None:
-        super().__init__(direct_io=direct_io)
+    def __init__(self, threads: int | None = None, direct_io: bool | None = None,
+                 decode_threads: int | None = None) -> None:
+        super().__init__(direct_io=direct_io, decode_threads=decode_threads)
         self.threads = int(config.get("threads", threads))
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="lsio-io")
 

@@ -94,6 +94,8 @@ class IoUringEngine(Engine):
         ``lsio.submit-threads``, or the number of CPUs up to 4).
     direct_io : bool, optional
         Read with O_DIRECT (default ``lsio.direct-io``).
+    decode_threads : int, optional
+        Threads that decode one task's chunks (default ``lsio.decode-threads``).
     """
 
     kind = "io_uring"
@@ -104,12 +106,13 @@ class IoUringEngine(Engine):
         iowq_max_workers: int | None = None,
         submit_threads: int | None = None,
         direct_io: bool | None = None,
+        decode_threads: int | None = None,
     ) -> None:
         if lib is None:
             raise EngineUnavailableError(
                 "dask-lsio was built without liburing: install liburing-dev and reinstall"
             )
-        super().__init__(direct_io=direct_io)
+        super().__init__(direct_io=direct_io, decode_threads=decode_threads)
         self.queue_depth = int(config.get("queue-depth", queue_depth))
         self.iowq_max_workers = int(config.get("iowq-max-workers", iowq_max_workers))
         threads = config.get("submit-threads", submit_threads)

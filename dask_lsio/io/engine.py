@@ -13,7 +13,7 @@ from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from .. import config
+from .. import config, metrics
 from ..errors import BatchIOError
 from . import _batch
 from ._buffers import BufferPool
@@ -26,7 +26,8 @@ class Engine(ABC):
     """An IO engine; get one with :func:`dask_lsio.io.get_engine`.
 
     Every method takes a whole batch and is safe to call from many threads at once.
-    :attr:`stats` counts the batches, requests and bytes this engine ran.
+    :attr:`stats` counts the batches, requests and bytes this engine ran; :attr:`totals`
+    sums the figures of :mod:`dask_lsio.metrics` (bytes and objects per kind, seconds).
     Read results are memoryviews over recycled buffers: keep them as long as needed, the
     memory is reused only after the last view into it is gone.
 
@@ -34,12 +35,15 @@ class Engine(ABC):
     ----------
     direct_io : bool, optional
         Read with O_DIRECT (default: ``lsio.direct-io``).
+    decode_threads : int, optional
+        Threads that decode one task's chunks (default: ``lsio.decode-threads``).
     """
 
     kind: str = ""
 
-    def __init__(self, direct_io: bool | None = None) -> None:
+    def __init__(self, direct_io: bool | None = None, decode_threads: int | None = None) -> None:
         self.direct_io = bool(config.get("direct-io", direct_io))
+        self.decode_threads = config.decode_threads(decode_threads)
         self.size_hint = config.get_bytes("read-size-hint")
         self.batch_bytes = config.get_bytes("batch-bytes")
         self.fsync = bool(config.get("fsync"))
@@ -47,13 +51,20 @@ class Engine(ABC):
         self.closed = False
         self._stats_lock = threading.Lock()
         self.stats = {"batches": 0, "requests": 0, "bytes": 0}
+        self.totals = metrics.Totals()
 
     def _count(self, batch: _batch.Batch) -> None:
-        """Add a finished batch to :attr:`stats` (requests run and bytes moved)."""
+        """Add a finished batch to :attr:`stats` (requests run and bytes moved) and to the
+        running task's metrics (this runs on the thread that asked for the batch)."""
+        nbytes = int(batch.nbytes.sum())
         with self._stats_lock:
             self.stats["batches"] += 1
             self.stats["requests"] += len(batch)
-            self.stats["bytes"] += int(batch.nbytes.sum())
+            self.stats["bytes"] += nbytes
+        label = ("lsio-read", "lsio-write", "lsio-delete")[batch.kind]
+        metrics.record(self.totals, label, len(batch), "objects")
+        if batch.kind != _batch.DELETE:
+            metrics.record(self.totals, label, nbytes, "bytes")
 
     # -- what an engine implements -------------------------------------------------------
     @abstractmethod

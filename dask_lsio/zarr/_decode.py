@@ -20,29 +20,23 @@ _pool: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
-def decode_threads() -> int:
-    """``lsio.decode-threads``, or half the CPUs: dask already runs a task per core, and on
-    our 2-vCPU machine blosc decoding scales 1.17x from one thread to two while hand-offs
-    cost more, so one thread per task (decoding inline) measured fastest there."""
-    return max(1, int(config.get("decode-threads") or (os.cpu_count() or 1) // 2))
-
-
 def _get_pool() -> ThreadPoolExecutor:
     global _pool
     with _lock:
         if _pool is None:
             # room for the decoders of a few tasks running at once (dask worker threads)
-            _pool = ThreadPoolExecutor(4 * decode_threads(), thread_name_prefix="lsio-decode")
+            _pool = ThreadPoolExecutor(4 * config.decode_threads(), thread_name_prefix="lsio-decode")
         return _pool
 
 
-def run(items: Iterable[tuple[Any, ...]], work: Callable[..., None]) -> None:
-    """Call ``work(*item)`` for every item, on the decode threads, as items arrive.
+def run(items: Iterable[tuple[Any, ...]], work: Callable[..., None], threads: int) -> None:
+    """Call ``work(*item)`` for every item, on ``threads`` decode threads (the caller's
+    included), as items arrive.
 
     The first exception raised by ``work`` (or by ``items``) is raised here, after every
     item already handed out was processed (buffers must not be freed under a decoder).
     """
-    helpers = decode_threads() - 1
+    helpers = threads - 1
     if helpers == 0:  # decode inline as completions arrive: no hand-off at all
         for item in items:
             work(*item)

@@ -9,12 +9,13 @@ fill_value and anything else an error naming the path.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import crc32c
 import numpy as np
 
-from .. import config
+from .. import config, metrics
 from ..errors import ChunkDecodeError
 from ..io import Engine, get_engine
 from . import _decode, _kernel, _plan
@@ -26,6 +27,11 @@ _POOLED = 1 << 20  # outputs from this size on live in recycled memory
 def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | None = None) -> np.ndarray:
     """The values of ``spec``'s array in ``region`` (slices with step 1, within bounds)."""
     engine = engine or get_engine()
+    with metrics.timed(engine.totals, "lsio-read"):
+        return _read(spec, region, engine)
+
+
+def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine) -> np.ndarray:
     out = _output(tuple(s.stop - s.start for s in region), spec.dtype, engine)
     if out.size == 0:
         return out
@@ -62,7 +68,7 @@ def _execute(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray, engine: Engine)
     code = _kernel.kernel_codec(spec.codec)
     if code is not None and _kernel.engine_runs_hooks(engine):
         batch, failed_reads = _kernel.run(jobs, out, spec.codec, code, engine,
-                                          _decode.decode_threads())
+                                          engine.decode_threads)
         failed = [(i, batch.error(i)) for i in failed_reads.tolist()]
     else:
         failed = _decode_numcodecs(spec, jobs, out, engine)
@@ -77,7 +83,7 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
                       engine: Engine) -> list[tuple[int, OSError]]:
     """Read the plan's objects; decode each chunk with numcodecs on the decode threads as
     its read completes. Returns the reads that failed, with their errors."""
-    codec, failed = spec.codec, []
+    codec, failed, busy = spec.codec, [], []
     job_at, src_off, src_len = jobs.job_at.tolist(), jobs.src_off.tolist(), jobs.src_len.tolist()
     start, count, dst = jobs.start.tolist(), jobs.count.tolist(), jobs.dst.tolist()
 
@@ -94,11 +100,15 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
                 raise ChunkDecodeError(key, codec.names, f"truncated: {got} of {n} bytes")
             src = tuple(slice(a, a + c) for a, c in zip(start[j], count[j]))
             to = tuple(slice(a, a + c) for a, c in zip(dst[j], count[j]))
+            t0 = time.perf_counter()
             _place(codec, buf[at : at + n], key, out, src, to)
+            busy.append(time.perf_counter() - t0)  # atomic, as above
 
     stream = engine.read_ranges(jobs.paths, jobs.offsets, jobs.lengths, errors="return",
                                 size_hint=jobs.hint or None)
-    _decode.run(stream, work)
+    _decode.run(stream, work, engine.decode_threads)
+    # summed here, on the task's thread: decode threads do not see the task's metrics context
+    metrics.record(engine.totals, "lsio-decode", sum(busy), "seconds")
     return failed
 
 

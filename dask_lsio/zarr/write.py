@@ -13,6 +13,7 @@ from __future__ import annotations
 import crc32c
 import numpy as np
 
+from .. import metrics
 from ..io import Engine, get_engine
 from ._plan import EMPTY, cell_boxes
 from .read import read_region
@@ -41,16 +42,18 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
     engine = engine or get_engine()
     pos, _, count, dst = cell_boxes(region, spec.grid)
     writes, deletes = [], []
-    for p, c, d in zip(map(tuple, pos.tolist()), count.tolist(), dst.tolist()):
-        unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
-        data = _encode_unit(spec, unit, write_empty_chunks)
-        if data is None:  # all fill_value: no object, and none left from an earlier write
-            deletes.append(spec.path(p))
-        else:
-            writes.append((spec.path(p), data))
-    written = sum(engine.write(writes)) if writes else 0
-    if deletes:
-        engine.delete(deletes)
+    with metrics.timed(engine.totals, "lsio-encode"):
+        for p, c, d in zip(map(tuple, pos.tolist()), count.tolist(), dst.tolist()):
+            unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
+            data = _encode_unit(spec, unit, write_empty_chunks)
+            if data is None:  # all fill_value: no object, and none left from an earlier write
+                deletes.append(spec.path(p))
+            else:
+                writes.append((spec.path(p), data))
+    with metrics.timed(engine.totals, "lsio-write"):
+        written = sum(engine.write(writes)) if writes else 0
+        if deletes:
+            engine.delete(deletes)
     return written
 
 

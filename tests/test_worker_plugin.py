@@ -1,0 +1,128 @@
+"""LSIOWorkerPlugin on real clusters on loopback: one engine per worker, metrics, lifecycle."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import distributed
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec
+
+import dask_lsio
+from dask_lsio import LSIOWorkerPlugin
+from dask_lsio.io import _select
+
+CLUSTER = dict(threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
+
+
+@pytest.fixture
+def data_path(tmp_path):
+    values = np.random.default_rng(3).random((16, 128, 128)).astype("float32")
+    z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 64, 64),
+                          dtype="float32", compressors=BloscCodec(cname="lz4"))
+    z[...] = values
+    return tmp_path / "a", values
+
+
+def engine_in_task():
+    """What a task sees: its worker's address and the engine get_engine() gives it."""
+    engine = dask_lsio.get_engine()
+    worker = distributed.get_worker()
+    return worker.address, id(engine), type(engine).__name__, engine.decode_threads
+
+
+def plugin_engine(dask_worker):
+    engine = dask_worker.plugins["dask-lsio"].engine(dask_worker)
+    return None if engine is None else (id(engine), engine.closed)
+
+
+def test_each_worker_gets_its_own_engine(data_path, monkeypatch, tmp_path):
+    path, values = data_path
+
+    def no_engine_here(*args, **kwargs):
+        raise AssertionError("an engine was built in the client / scheduler process")
+
+    monkeypatch.setattr(_select, "_engines", {})  # (the scheduler runs in this process)
+    monkeypatch.setattr(_select, "_create", no_engine_here)
+    with distributed.LocalCluster(n_workers=2, processes=True, **CLUSTER) as cluster, \
+            distributed.Client(cluster) as client:
+        client.register_plugin(LSIOWorkerPlugin(engine="threads", decode_threads=1))
+        before = client.run(plugin_engine)
+        client.register_plugin(LSIOWorkerPlugin(engine="threads"))  # idempotent: no-op
+        assert client.run(plugin_engine) == before
+        seen = {}
+        for w in client.scheduler_info()["workers"]:
+            addr, ident, kind, threads = client.submit(engine_in_task, workers=[w],
+                                                       pure=False).result()
+            seen[addr] = ident
+            assert (kind, threads) == ("ThreadEngine", 1)
+            assert before[addr] == (ident, False)
+        assert len(set(seen.values())) == 2
+        np.testing.assert_array_equal(dask_lsio.from_zarr(path).compute(), values)
+        dask_lsio.to_zarr(dask_lsio.from_zarr(path), tmp_path / "copy", chunks=(2, 64, 64))
+        np.testing.assert_array_equal(zarr.open_array(tmp_path / "copy")[...], values)
+
+
+def test_the_plugin_travels_without_an_engine():
+    plugin = LSIOWorkerPlugin(queue_depth=32)
+    clone = pickle.loads(pickle.dumps(plugin))
+    assert clone.options == plugin.options and clone._engines == {}
+    assert len(pickle.dumps(plugin)) < 1000
+
+
+def test_in_process_workers_do_not_share(data_path):
+    path, values = data_path
+    before = set(os.listdir("/proc/self/fd"))
+    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        client.register_plugin(LSIOWorkerPlugin())
+        engines = client.run(plugin_engine)
+        assert len({ident for ident, _ in engines.values()}) == 2
+        np.testing.assert_array_equal(dask_lsio.from_zarr(path).compute(), values)
+        plugins = [w.plugins["dask-lsio"] for w in cluster.workers.values()]
+        kept = [p.engine(w) for p, w in zip(plugins, cluster.workers.values())]
+        client.unregister_worker_plugin("dask-lsio")
+        assert all(e.closed for e in kept)  # teardown closed them
+    leaked = set(os.listdir("/proc/self/fd")) - before
+    assert not [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
+                if os.path.exists(f"/proc/self/fd/{fd}")
+                and "io_uring" in os.readlink(f"/proc/self/fd/{fd}")]
+
+
+def test_metrics_reach_the_scheduler_and_the_plugin(data_path, tmp_path):
+    path, values = data_path
+    with distributed.LocalCluster(n_workers=2, processes=True, **CLUSTER) as cluster, \
+            distributed.Client(cluster) as client:
+        client.register_plugin(LSIOWorkerPlugin())
+        dask_lsio.from_zarr(path).sum().compute()
+        dask_lsio.to_zarr(dask_lsio.from_zarr(path), tmp_path / "copy", chunks=(1, 64, 64))
+
+        def lsio_metrics(dask_scheduler):
+            out = {}
+            for key, value in dask_scheduler.cumulative_worker_metrics.items():
+                if any(str(k).startswith("lsio-") for k in key):
+                    label = next(k for k in key if str(k).startswith("lsio-"))
+                    out[(label, key[-1])] = out.get((label, key[-1]), 0) + value
+            return out
+
+        deadline = time.monotonic() + 30  # workers send metrics with their heartbeats
+        while (seen := client.run_on_scheduler(lsio_metrics)).get(
+                ("lsio-write", "objects"), 0) < 64 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert seen[("lsio-read", "bytes")] > 0 and seen[("lsio-read", "objects")] >= 64
+        assert seen[("lsio-read", "seconds")] > 0 and seen[("lsio-encode", "seconds")] > 0
+        assert seen[("lsio-write", "objects")] >= 64
+        totals = client.run(lambda dask_worker: dask_worker.plugins["dask-lsio"]
+                            .totals(dask_worker))
+        assert sum(t.get("lsio-read [objects]", 0) for t in totals.values()) >= 64
+        np.testing.assert_array_equal(zarr.open_array(tmp_path / "copy")[...], values)
+
+
+def test_without_plugin_or_cluster_a_process_engine():
+    engine = dask_lsio.get_engine()
+    assert engine is dask_lsio.get_engine() and not engine.closed
