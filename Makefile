@@ -23,12 +23,14 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
 
-# The main job on sample datasets it generates: the IO, read and write benchmarks, quick mode.
+# The main job on sample data it generates: the laptop example, then the benchmarks in quick mode.
 demo: $(BENCH_STAMP)
 	$(PY) -m dask_lsio info
+	$(PY) examples/laptop.py
 	$(PY) benchmarks/bench_io.py --quick
 	$(PY) benchmarks/bench_read.py --quick
 	$(PY) benchmarks/bench_write.py --quick
+	$(PY) benchmarks/bench_cluster.py --quick
 
 test: setup
 	$(PY) -m dask_lsio info
@@ -39,6 +41,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_io.py
 	$(PY) benchmarks/bench_read.py
 	$(PY) benchmarks/bench_write.py
+	$(PY) benchmarks/bench_cluster.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info dask_lsio/*/_*_ext*.so dask_lsio/*/_*_ext.c

@@ -126,3 +126,61 @@ def test_metrics_reach_the_scheduler_and_the_plugin(data_path, tmp_path):
 def test_without_plugin_or_cluster_a_process_engine():
     engine = dask_lsio.get_engine()
     assert engine is dask_lsio.get_engine() and not engine.closed
+
+
+def kill_once(marker: str, delay: float) -> int:
+    """Kill this worker process the first time (while its other thread works)."""
+    time.sleep(delay)
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), 9)
+    return 0
+
+
+@pytest.mark.parametrize("work", ["read", "write"])
+def test_killed_worker_task_is_retried(tmp_path, work):
+    import dask
+    import dask.array as da
+
+    values = np.random.default_rng(4).random((64, 256, 256)).astype("float32")
+    src = zarr.create_array(tmp_path / "src", shape=values.shape, chunks=(1, 64, 64),
+                            dtype="float32", compressors=BloscCodec(cname="lz4"))
+    src[...] = values
+    marker = str(tmp_path / "killed")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=2,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        client.register_plugin(LSIOWorkerPlugin())
+        x = dask_lsio.from_zarr(tmp_path / "src", chunks=(4, 256, 256))
+        if work == "read":
+            job = x.sum(dtype="float64")
+        else:
+            job = dask_lsio.to_zarr(x * 2, tmp_path / "dst", chunks=(1, 64, 64),
+                                    shards=(4, 256, 256), compute=False)
+        total, _ = dask.compute(job, dask.delayed(kill_once)(marker, 0.05))
+        assert os.path.exists(marker)  # a worker did die
+        if work == "read":
+            assert np.isclose(total, values.sum(dtype="float64"))
+        else:
+            np.testing.assert_array_equal(zarr.open_array(tmp_path / "dst")[...], values * 2)
+        client.restart()  # new worker processes: the plugin sets each up again
+        client.wait_for_workers(2, timeout=60)
+        engines = client.run(plugin_engine)
+        assert len(engines) == 2 and all(e is not None and not e[1] for e in engines.values())
+
+
+def test_totals_on_the_workers_metrics_page(data_path):
+    pytest.importorskip("prometheus_client")
+    from urllib.request import urlopen
+
+    path, _ = data_path
+    with distributed.LocalCluster(n_workers=1, processes=True, **CLUSTER) as cluster, \
+            distributed.Client(cluster) as client:
+        client.register_plugin(LSIOWorkerPlugin())
+        dask_lsio.from_zarr(path).sum().compute()
+        (addr, port), = client.run(lambda dask_worker: dask_worker.http_server.port).items()
+        page = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    lines = [ln for ln in page.splitlines() if ln.startswith("dask_lsio_objects_total")]
+    read = [ln for ln in lines if 'kind="read"' in ln and addr in ln]
+    assert read and float(read[0].split()[-1]) >= 64, lines
+    assert "dask_lsio_seconds_total" in page

@@ -15,6 +15,7 @@ from distributed import WorkerPlugin
 
 from ..io import Engine
 from ..io._select import PLUGIN_NAME, new_engine
+from . import prometheus
 
 
 class LSIOWorkerPlugin(WorkerPlugin):
@@ -22,7 +23,8 @@ class LSIOWorkerPlugin(WorkerPlugin):
 
     Register once: ``client.register_plugin(LSIOWorkerPlugin())``; workers that join later get
     it too, registering again changes nothing (``idempotent``). Tasks find the engine through
-    :func:`dask_lsio.get_engine`.
+    :func:`dask_lsio.get_engine`. Each worker's totals are available from :meth:`totals` and,
+    with prometheus_client installed, on the worker's ``/metrics`` page.
 
     Parameters
     ----------
@@ -60,14 +62,16 @@ class LSIOWorkerPlugin(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         """Create this worker's engine (the worker's dask.config supplies the defaults)."""
         with self._lock:
-            old = self._engines.get(worker.address)
-            if old is None or old.closed:
-                self._engines[worker.address] = new_engine(**self.options)
+            engine = self._engines.get(worker.address)
+            if engine is None or engine.closed:
+                engine = self._engines[worker.address] = new_engine(**self.options)
+        prometheus.publish(worker.address, engine.totals.snapshot)
 
     def teardown(self, worker: Any) -> None:
         """Close this worker's engine: rings, threads and idle buffers."""
         with self._lock:
             engine = self._engines.pop(worker.address, None)
+        prometheus.withdraw(worker.address)
         if engine is not None:
             engine.close()
 
