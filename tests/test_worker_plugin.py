@@ -140,7 +140,6 @@ def kill_once(marker: str, delay: float) -> int:
 @pytest.mark.parametrize("work", ["read", "write"])
 def test_killed_worker_task_is_retried(tmp_path, work):
     import dask
-    import dask.array as da
 
     values = np.random.default_rng(4).random((64, 256, 256)).astype("float32")
     src = zarr.create_array(tmp_path / "src", shape=values.shape, chunks=(1, 64, 64),
@@ -184,3 +183,11 @@ def test_totals_on_the_workers_metrics_page(data_path):
     read = [ln for ln in lines if 'kind="read"' in ln and addr in ln]
     assert read and float(read[0].split()[-1]) >= 64, lines
     assert "dask_lsio_seconds_total" in page
+
+
+def test_mmap_threshold_is_set_on_glibc():
+    from dask_lsio.worker_plugin._malloc import set_mmap_threshold
+
+    assert set_mmap_threshold(None) is False
+    if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists("/lib64/libc.so.6"):
+        assert set_mmap_threshold(4 << 20) is True

@@ -13,9 +13,11 @@ from typing import Any
 
 from distributed import WorkerPlugin
 
+from .. import config
 from ..io import Engine
 from ..io._select import PLUGIN_NAME, new_engine
 from . import prometheus
+from ._malloc import set_mmap_threshold
 
 
 class LSIOWorkerPlugin(WorkerPlugin):
@@ -60,7 +62,10 @@ class LSIOWorkerPlugin(WorkerPlugin):
         self.options = state["options"]
 
     def setup(self, worker: Any) -> None:
-        """Create this worker's engine (the worker's dask.config supplies the defaults)."""
+        """Create this worker's engine (the worker's dask.config supplies the defaults) and
+        set glibc's mmap threshold (``lsio.worker-mmap-threshold``, see ``_malloc``)."""
+        threshold = config.get("worker-mmap-threshold")
+        set_mmap_threshold(config.get_bytes("worker-mmap-threshold") if threshold else None)
         with self._lock:
             engine = self._engines.get(worker.address)
             if engine is None or engine.closed:
