@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
 import time
 
 import distributed
@@ -74,13 +75,19 @@ def test_the_plugin_travels_without_an_engine():
     assert len(pickle.dumps(plugin)) < 1000
 
 
+def engine_threads() -> set:
+    """Threads an engine owns (the thread engine's IO threads, io_uring's submitters)."""
+    return {t for t in threading.enumerate() if t.name.startswith(("lsio-io", "lsio-uring"))}
+
+
 def test_in_process_workers_do_not_share(data_path):
     path, values = data_path
     before = set(os.listdir("/proc/self/fd"))
+    threads_before = engine_threads()
     with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
                                   dashboard_address=None) as cluster, \
             distributed.Client(cluster) as client:
-        client.register_plugin(LSIOWorkerPlugin())
+        client.register_plugin(LSIOWorkerPlugin(engine="threads"))
         engines = client.run(plugin_engine)
         assert len({ident for ident, _ in engines.values()}) == 2
         np.testing.assert_array_equal(dask_lsio.from_zarr(path).compute(), values)
@@ -88,6 +95,7 @@ def test_in_process_workers_do_not_share(data_path):
         kept = [p.engine(w) for p, w in zip(plugins, cluster.workers.values())]
         client.unregister_worker_plugin("dask-lsio")
         assert all(e.closed for e in kept)  # teardown closed them
+    assert engine_threads() <= threads_before  # teardown stopped the engines' threads
     leaked = set(os.listdir("/proc/self/fd")) - before
     assert not [os.readlink(f"/proc/self/fd/{fd}") for fd in leaked
                 if os.path.exists(f"/proc/self/fd/{fd}")
