@@ -24,15 +24,25 @@ from .spec import ArraySpec
 _POOLED = 1 << 20  # outputs from this size on live in recycled memory
 
 
-def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | None = None) -> np.ndarray:
-    """The values of ``spec``'s array in ``region`` (slices with step 1, within bounds)."""
+def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | None = None,
+                out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
+    """The values of ``spec``'s array in ``region`` (slices with step 1, within bounds),
+    in ``out`` when given (C-contiguous, the region's shape and the array's dtype), decoded
+    on ``threads`` threads (default: the engine's ``decode_threads``; a caller that is the
+    only reader, not one of several dask tasks, can use every core)."""
     engine = engine or get_engine()
+    shape = tuple(s.stop - s.start for s in region)
+    if out is None:
+        out = _output(shape, spec.dtype, engine)
+    elif out.shape != shape or out.dtype != spec.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {spec.dtype} of shape {shape}; got "
+                         f"{out.dtype} {out.shape}")
     with metrics.timed(engine.totals, "lsio-read"):
-        return _read(spec, region, engine)
+        return _read(spec, region, engine, out, threads or engine.decode_threads)
 
 
-def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine) -> np.ndarray:
-    out = _output(tuple(s.stop - s.start for s in region), spec.dtype, engine)
+def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine, out: np.ndarray,
+          threads: int) -> np.ndarray:
     if out.size == 0:
         return out
     if spec.shard is None:
@@ -46,7 +56,7 @@ def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine) -> np.ndar
         )
         _fill_boxes(spec, out, dst, count)
     if jobs is not None:
-        _execute(spec, jobs, out, engine)
+        _execute(spec, jobs, out, engine, threads)
     return out
 
 
@@ -63,15 +73,16 @@ def _output(shape: tuple[int, ...], dtype: np.dtype, engine: Engine) -> np.ndarr
     return engine.pool.slab(nbytes)[:nbytes].view(dtype).reshape(shape)
 
 
-def _execute(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray, engine: Engine) -> None:
+def _execute(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray, engine: Engine,
+             threads: int) -> None:
     """Run a plan with the kernel when it applies, else numcodecs; then handle failed reads."""
     code = _kernel.kernel_codec(spec.codec)
     if code is not None and _kernel.engine_runs_hooks(engine):
         batch, failed_reads = _kernel.run(jobs, out, spec.codec, code, engine,
-                                          engine.decode_threads)
+                                          threads)
         failed = [(i, batch.error(i)) for i in failed_reads.tolist()]
     else:
-        failed = _decode_numcodecs(spec, jobs, out, engine)
+        failed = _decode_numcodecs(spec, jobs, out, engine, threads)
     for i, exc in sorted(failed, key=lambda f: f[0]):
         if not (jobs.missing_is_fill and isinstance(exc, FileNotFoundError)):
             _reraise(spec, exc)
@@ -80,7 +91,7 @@ def _execute(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray, engine: Engine)
 
 
 def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
-                      engine: Engine) -> list[tuple[int, OSError]]:
+                      engine: Engine, threads: int) -> list[tuple[int, OSError]]:
     """Read the plan's objects; decode each chunk with numcodecs on the decode threads as
     its read completes. Returns the reads that failed, with their errors."""
     codec, failed, busy = spec.codec, [], []
@@ -106,7 +117,7 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
 
     stream = engine.read_ranges(jobs.paths, jobs.offsets, jobs.lengths, errors="return",
                                 size_hint=jobs.hint or None)
-    _decode.run(stream, work, engine.decode_threads)
+    _decode.run(stream, work, threads)
     # summed here, on the task's thread: decode threads do not see the task's metrics context
     metrics.record(engine.totals, "lsio-decode", sum(busy), "seconds")
     return failed

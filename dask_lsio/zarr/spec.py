@@ -111,11 +111,16 @@ def local_root(url: Any, component: str | None) -> tuple[str, zarr.Array]:
 
 def spec_from_array(root: str, arr: zarr.Array) -> ArraySpec:
     """Build the spec from an opened array's metadata."""
-    meta = arr.metadata.to_dict()
-    shape = tuple(int(s) for s in arr.shape)
-    dtype = np.dtype(arr.dtype)
+    return spec_from_metadata(root, arr.metadata)
+
+
+def spec_from_metadata(root: str, metadata: Any) -> ArraySpec:
+    """Build the spec from zarr-python's ``ArrayV2Metadata`` / ``ArrayV3Metadata``."""
+    meta = metadata.to_dict()
+    shape = tuple(int(s) for s in metadata.shape)
+    dtype = np.dtype(metadata.dtype.to_native_dtype())
     # v2 allows no fill value: zarr-python then reads missing chunks as zeros
-    fill = np.zeros((), dtype)[()] if arr.fill_value is None else arr.fill_value
+    fill = np.zeros((), dtype)[()] if metadata.fill_value is None else metadata.fill_value
     if meta["zarr_format"] == 2:
         grid = tuple(int(c) for c in meta["chunks"])
         codec = v2_chain(meta, grid)

@@ -1,0 +1,224 @@
+"""LSIOCodecPipeline: zarr-python's codec pipeline, reading through the dask-lsio engine.
+
+Select it with ``zarr.config.set({"codec_pipeline.path": "dask_lsio.zarr.LSIOCodecPipeline"})``
+(it is also registered under the ``zarr.codec_pipeline`` entry point). For an array on a
+LocalStore whose codecs dask-lsio handles, a read of whole-box selections (basic slicing,
+orthogonal slices, blocks) fetches all its chunk objects or shard ranges in one engine batch and
+decodes them with the read path of ``from_zarr`` (the C kernel where it applies); everything
+else (other stores, codecs or buffers, integer-array and mask selections, writes, and the
+per-chunk ``decode``/``encode`` calls) goes to zarr-python's ``BatchedCodecPipeline``
+unchanged. ``lsio.strict`` raises instead of delegating a read that the array's codecs or
+store rule out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from typing import Any, Iterable
+
+import numpy as np
+import zarr
+from zarr.abc.codec import CodecPipeline
+from zarr.core.codec_pipeline import BatchedCodecPipeline
+
+from .. import config
+from ..errors import LSIOError, UnsupportedCodecError
+from .read import read_region
+from .spec import ArraySpec, spec_from_metadata
+
+
+# a zarr-python read is one caller, not one of several dask tasks: decode on every core
+_CORES = os.cpu_count() or 1
+
+
+class LSIOCodecPipeline(CodecPipeline):
+    """A zarr-python CodecPipeline that reads many chunks per engine batch.
+
+    Parameters
+    ----------
+    inner : BatchedCodecPipeline
+        zarr-python's pipeline of the same codecs: everything this one does not do itself.
+    spec : ArraySpec, optional
+        The array as dask-lsio reads it (its ``root`` is filled in per read); None when its
+        store or codecs rule dask-lsio out.
+    store_root : str, optional
+        The LocalStore's directory.
+    """
+
+    __module__ = "dask_lsio.zarr"  # the name users configure: dask_lsio.zarr.LSIOCodecPipeline
+
+    def __init__(self, inner: BatchedCodecPipeline, spec: ArraySpec | None = None,
+                 store_root: str | None = None) -> None:
+        self.inner = inner
+        self.spec = spec
+        self.store_root = store_root
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def from_codecs(cls, codecs: Iterable[Any]) -> "LSIOCodecPipeline":
+        return cls(BatchedCodecPipeline.from_codecs(codecs))
+
+    @classmethod
+    def from_array_metadata_and_store(cls, array_metadata: Any, store: Any) -> "LSIOCodecPipeline":
+        inner = _inner_pipeline(array_metadata)
+        if not isinstance(store, zarr.storage.LocalStore):
+            return cls(inner)
+        try:
+            spec = spec_from_metadata("", array_metadata)
+        except UnsupportedCodecError as e:
+            if config.get("strict"):  # not as NotImplementedError: zarr-python would catch it
+                raise LSIOError(f"{e} (lsio.strict is set)") from e
+            return cls(inner)
+        return cls(inner, spec, str(store.root))
+
+    def evolve_from_array_spec(self, array_spec: Any) -> "LSIOCodecPipeline":
+        return type(self)(self.inner.evolve_from_array_spec(array_spec), self.spec,
+                          self.store_root)
+
+    # -- what zarr-python's pipeline answers ---------------------------------------------------
+    @property
+    def supports_partial_decode(self) -> bool:
+        return self.inner.supports_partial_decode
+
+    @property
+    def supports_partial_encode(self) -> bool:
+        return self.inner.supports_partial_encode
+
+    def validate(self, *, shape: Any, dtype: Any, chunk_grid: Any) -> None:
+        self.inner.validate(shape=shape, dtype=dtype, chunk_grid=chunk_grid)
+
+    def compute_encoded_size(self, byte_length: int, array_spec: Any) -> int:
+        return self.inner.compute_encoded_size(byte_length, array_spec)
+
+    async def decode(self, chunk_bytes_and_specs: Iterable[Any]) -> Iterable[Any]:
+        return await self.inner.decode(chunk_bytes_and_specs)
+
+    async def encode(self, chunk_arrays_and_specs: Iterable[Any]) -> Iterable[Any]:
+        return await self.inner.encode(chunk_arrays_and_specs)
+
+    async def write(self, batch_info: Iterable[Any], value: Any, drop_axes: tuple[int, ...] = ()) -> None:
+        await self.inner.write(batch_info, value, drop_axes)
+
+    # -- reads ---------------------------------------------------------------------------------
+    async def read(self, batch_info: Iterable[Any], out: Any, drop_axes: tuple[int, ...] = ()) -> None:
+        batch = list(batch_info)
+        plan = self._plan(batch, out)
+        if plan is None:
+            await self.inner.read(batch, out, drop_axes)
+            return
+        spec, box, pieces = plan
+        target = out.as_ndarray_like()
+        shape = tuple(s.stop - s.start for s in box)
+        if _whole(target, shape, spec, pieces, drop_axes):  # decode straight into ``out``
+            await asyncio.to_thread(read_region, spec, box, None, target.reshape(shape), _CORES)
+            return
+        values = await asyncio.to_thread(read_region, spec, box, None, None, _CORES)
+        for in_box, out_selection in pieces:
+            piece = values[in_box]
+            target[out_selection] = piece.squeeze(axis=drop_axes) if drop_axes else piece
+
+    def _plan(self, batch: list, out: Any):
+        """(spec, box, [(selection in box, out selection)]) when this read is ours, else None."""
+        if self.spec is None or not batch or not isinstance(out.as_ndarray_like(), np.ndarray):
+            return None
+        spec = self.spec
+        cells, root = [], None
+        for getter, _, chunk_selection, _, _ in batch:
+            path = getattr(getter, "path", None)
+            if getattr(getter, "store", None) is None or path is None:
+                return None
+            coords, array_path = _coords(spec, path)
+            if coords is None or not _plain(chunk_selection):
+                return None
+            if root is None:
+                root = os.path.join(self.store_root, array_path)
+            cells.append((coords, chunk_selection))
+        regions = [_region(spec, c, sel) for c, sel in cells]
+        box = tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions))
+                    for a in range(len(spec.shape)))
+        if not _tiles(spec, box, len(cells)):  # sparse chunks: a box would read far more
+            return None
+        pieces = [(_in_box(sel, reg, box), item[3]) for (_, sel), reg, item
+                  in zip(cells, regions, batch)]
+        return dataclasses.replace(spec, root=root), box, pieces
+
+
+def _whole(target: np.ndarray, shape: tuple[int, ...], spec: ArraySpec, pieces: list,
+           drop_axes: tuple[int, ...]) -> bool:
+    """Whether ``target`` is exactly the box, in order (a plain slice of the array): then the
+    box can be read into it (reshaped: integer indices only drop length-1 axes)."""
+    return (not drop_axes and target.flags.c_contiguous and target.dtype == spec.dtype
+            and target.size == int(np.prod(shape))
+            and all(isinstance(s, slice) and s.step in (None, 1)
+                    for _, sel in pieces for s in (sel if isinstance(sel, tuple) else (sel,))))
+
+
+def _inner_pipeline(metadata: Any) -> BatchedCodecPipeline:
+    """zarr-python's own pipeline for ``metadata`` (as ``create_codec_pipeline`` builds it)."""
+    from zarr.core.metadata import ArrayV3Metadata
+    from zarr.codecs._v2 import V2Codec
+
+    if isinstance(metadata, ArrayV3Metadata):
+        return BatchedCodecPipeline.from_codecs(metadata.codecs)
+    return BatchedCodecPipeline.from_codecs(
+        [V2Codec(filters=metadata.filters, compressor=metadata.compressor)])
+
+
+def _coords(spec: ArraySpec, path: str) -> tuple[tuple[int, ...] | None, str]:
+    """The grid position named by a chunk key path, and the array's path before it."""
+    ndim = len(spec.shape)
+    if ndim == 0:
+        head, _, tail = path.rpartition("/")
+        return ((), head) if tail == (spec.key_prefix or "0") else (None, "")
+    sep = spec.separator
+    if sep == "/":
+        parts = path.split("/")
+        n = ndim + (1 if spec.key_prefix else 0)
+        head, key = "/".join(parts[:-n]), parts[-n:]
+    else:
+        head, _, last = path.rpartition("/")
+        key = last.split(sep)
+    if spec.key_prefix:
+        if key[0] != spec.key_prefix:
+            return None, ""
+        key = key[1:]
+    try:
+        coords = tuple(int(k) for k in key)
+    except ValueError:
+        return None, ""
+    return (coords, head) if len(coords) == ndim else (None, "")
+
+
+def _plain(selection: Any) -> bool:
+    """Only integers and slices of step 1: a box of the chunk."""
+    return all(isinstance(s, (int, np.integer)) or (isinstance(s, slice) and s.step in (None, 1))
+               for s in selection)
+
+
+def _region(spec: ArraySpec, coords: tuple[int, ...], selection: Any) -> tuple[slice, ...]:
+    """The array region a chunk selection covers."""
+    out = []
+    for c, g, n, s in zip(coords, spec.grid, spec.shape, selection):
+        lo = c * g
+        if isinstance(s, slice):
+            start, stop, _ = s.indices(min(g, n - lo))
+            out.append(slice(lo + start, lo + stop))
+        else:
+            out.append(slice(lo + int(s), lo + int(s) + 1))
+    return tuple(out)
+
+
+def _in_box(selection: Any, region: tuple[slice, ...], box: tuple[slice, ...]) -> tuple:
+    """Index into the box read that gives ``chunk[selection]`` (integers drop their axis)."""
+    return tuple(slice(r.start - b.start, r.stop - b.start) if isinstance(s, slice)
+                 else r.start - b.start for s, r, b in zip(selection, region, box))
+
+
+def _tiles(spec: ArraySpec, box: tuple[slice, ...], n: int) -> bool:
+    """Whether ``n`` chunks are all the grid cells the box touches."""
+    cells = 1
+    for s, g in zip(box, spec.grid):
+        cells *= (s.stop - 1) // g - s.start // g + 1 if s.stop > s.start else 0
+    return cells == n

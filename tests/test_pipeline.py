@@ -1,0 +1,101 @@
+"""LSIOCodecPipeline against zarr-python's own pipeline: every read and write the same."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from zarr.codecs import BloscCodec
+from zarr_cases import arrays, make_array
+
+import dask_lsio  # noqa: F401  (registers the pipeline)
+from dask_lsio.io import get_engine
+
+LSIO = {"codec_pipeline.path": "dask_lsio.zarr.LSIOCodecPipeline"}
+
+
+def selections(shape, rng):
+    """Basic, orthogonal, coordinate (vindex), block and mask selections for ``shape``."""
+    out = [("basic", ()), ("basic", Ellipsis)]
+    for _ in range(4):
+        sel = []
+        for n in shape:
+            kind = rng.integers(0, 4) if n else 0
+            if kind == 0:
+                sel.append(slice(None))
+            elif kind == 1:
+                sel.append(int(rng.integers(-n, n)))
+            elif kind == 2:
+                a, b = sorted(rng.integers(0, n + 1, 2))
+                sel.append(slice(int(a), int(b)))
+            else:
+                sel.append(slice(int(rng.integers(0, n)), None, int(rng.integers(1, 4))))
+        out.append(("basic", tuple(sel)))
+    if shape and all(shape):
+        out.append(("oindex", tuple(np.sort(rng.choice(n, min(n, 3), replace=False))
+                                    for n in shape)))
+        out.append(("vindex", tuple(rng.integers(0, n, 4) for n in shape)))
+        out.append(("vindex", rng.random(shape) > 0.5))
+        out.append(("blocks", tuple(slice(0, 1) for _ in shape)))
+    return out
+
+
+def take(z, kind, sel):
+    return {"basic": lambda: z[sel], "oindex": lambda: z.oindex[sel],
+            "vindex": lambda: z.vindex[sel], "blocks": lambda: z.blocks[sel]}[kind]()
+
+
+@settings(max_examples=int(os.environ.get("LSIO_HYPOTHESIS_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(spec=arrays(), seed=st.integers(0, 2**16))
+def test_reads_match_the_default_pipeline(spec, seed):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "a")
+        make_array(path, spec, seed)
+        plain = zarr.open_array(path, mode="r")
+        with zarr.config.set(LSIO):
+            ours = zarr.open_array(path, mode="r")
+            assert type(ours._async_array.codec_pipeline).__name__ == "LSIOCodecPipeline"
+            for kind, sel in selections(plain.shape, np.random.default_rng(seed)):
+                expected = take(plain, kind, sel)
+                got = take(ours, kind, sel)
+                np.testing.assert_array_equal(got, expected, err_msg=f"{kind} {sel}")
+                assert np.asarray(got).dtype == np.asarray(expected).dtype
+
+
+def test_reads_take_one_engine_batch_and_writes_work(tmp_path):
+    values = np.random.default_rng(0).random((8, 256, 256)).astype("float32")
+    z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 64, 64),
+                          dtype="float32", compressors=BloscCodec(cname="lz4"))
+    z[...] = values
+    engine = get_engine()
+    with zarr.config.set(LSIO):
+        ours = zarr.open_array(tmp_path / "a")
+        before = engine.stats["batches"]
+        np.testing.assert_array_equal(ours[...], values)
+        assert engine.stats["batches"] == before + 1  # 128 chunk objects, one batch
+        ours[2:5, 10:100, 7] = -1  # partial chunks: zarr-python's write path, merged
+        values[2:5, 10:100, 7] = -1
+        np.testing.assert_array_equal(ours[...], values)
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a")[...], values)
+
+
+def test_other_stores_and_strict(tmp_path):
+    with zarr.config.set(LSIO):
+        mem = zarr.create_array(zarr.storage.MemoryStore(), shape=(10,), chunks=(3,),
+                                dtype="int16")
+        mem[...] = np.arange(10)
+        np.testing.assert_array_equal(mem[...], np.arange(10))  # delegated
+        strings = zarr.create_array(tmp_path / "s", shape=(3,), chunks=(2,), dtype=str)
+        strings[...] = np.array(["a", "bb", "c"])
+        assert list(strings[...]) == ["a", "bb", "c"]
+    import dask
+
+    with zarr.config.set(LSIO), dask.config.set({"lsio.strict": True}):
+        with pytest.raises(dask_lsio.errors.LSIOError, match="vlen-utf8.*strict"):
+            zarr.open_array(tmp_path / "s")
