@@ -4,7 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
 from .errors import BatchIOError, EngineUnavailableError, LSIOError
-from .graph import from_zarr, to_zarr
+from .graph import from_zarr, open_zarr, to_zarr
 from .io import ReadRequest, get_engine
 
 
@@ -31,5 +31,6 @@ __all__ = [
     "__version__",
     "from_zarr",
     "get_engine",
+    "open_zarr",
     "to_zarr",
 ]
