@@ -4,10 +4,11 @@ Select it with ``zarr.config.set({"codec_pipeline.path": "dask_lsio.zarr.LSIOCod
 (it is also registered under the ``zarr.codec_pipeline`` entry point). For an array on a
 LocalStore whose codecs dask-lsio handles, a read of whole-box selections (basic slicing,
 orthogonal slices, blocks) fetches all its chunk objects or shard ranges in one engine batch and
-decodes them with the read path of ``from_zarr`` (the C kernel where it applies); everything
-else (other stores, codecs or buffers, integer-array and mask selections, writes, and the
-per-chunk ``decode``/``encode`` calls) goes to zarr-python's ``BatchedCodecPipeline``
-unchanged. ``lsio.strict`` raises instead of delegating a read that the array's codecs or
+decodes them with the read path of ``from_zarr`` (the C kernel where it applies); a write of
+such a selection encodes whole chunks (or shards) and writes them in one engine batch, each
+renamed into place (units it covers in part are read, merged and rewritten whole). Everything
+else (other stores, codecs or buffers, integer-array and mask selections, and the per-chunk
+``decode``/``encode`` calls) goes to zarr-python's ``BatchedCodecPipeline`` unchanged. ``lsio.strict`` raises instead of delegating a read that the array's codecs or
 store rule out.
 """
 
@@ -26,6 +27,7 @@ from zarr.core.codec_pipeline import BatchedCodecPipeline
 from .. import config
 from ..errors import LSIOError, UnsupportedCodecError
 from .read import read_region
+from .write import update_region
 from .spec import ArraySpec, spec_from_metadata
 
 
@@ -99,7 +101,18 @@ class LSIOCodecPipeline(CodecPipeline):
         return await self.inner.encode(chunk_arrays_and_specs)
 
     async def write(self, batch_info: Iterable[Any], value: Any, drop_axes: tuple[int, ...] = ()) -> None:
-        await self.inner.write(batch_info, value, drop_axes)
+        batch = list(batch_info)
+        plan = self._plan(batch, value)
+        in_order = all(_plain(o if isinstance(o, tuple) else (o,)) for *_, o, _ in batch)
+        values = None if plan is None or drop_axes or not in_order else _box_values(value, plan[1])
+        if values is None:
+            await self.inner.write(batch, value, drop_axes)
+            return
+        spec, box, _ = plan
+        empty = bool(getattr(batch[0][1].config, "write_empty_chunks", False))
+        # whole units encoded and renamed into place in one engine batch; units the box
+        # covers in part are read, merged and rewritten whole, as zarr-python does
+        await asyncio.to_thread(update_region, spec, box, values, None, empty, _CORES)
 
     # -- reads ---------------------------------------------------------------------------------
     async def read(self, batch_info: Iterable[Any], out: Any, drop_axes: tuple[int, ...] = ()) -> None:
@@ -153,6 +166,20 @@ def _whole(target: np.ndarray, shape: tuple[int, ...], spec: ArraySpec, pieces: 
             and target.size == int(np.prod(shape))
             and all(isinstance(s, slice) and s.step in (None, 1)
                     for _, sel in pieces for s in (sel if isinstance(sel, tuple) else (sel,))))
+
+
+def _box_values(value: Any, box: tuple[slice, ...]) -> np.ndarray | None:
+    """The values to store in ``box``: ``value`` reshaped to it, or broadcast from one
+    element; None when they do not map onto the box in order."""
+    arr = value.as_ndarray_like()
+    if not isinstance(arr, np.ndarray):
+        return None
+    shape = tuple(s.stop - s.start for s in box)
+    if arr.size == int(np.prod(shape)):
+        return arr.reshape(shape)
+    if arr.size == 1:
+        return np.broadcast_to(arr.reshape(()), shape)
+    return None
 
 
 def _inner_pipeline(metadata: Any) -> BatchedCodecPipeline:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import metrics
 from ..io import Engine, get_engine
+from . import _decode
 from ._plan import EMPTY, cell_boxes
 from .read import read_region
 from .spec import ArraySpec
@@ -32,24 +33,34 @@ def check_aligned(spec: ArraySpec, region: tuple[slice, ...]) -> None:
 
 
 def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
-                 engine: Engine | None = None, write_empty_chunks: bool = False) -> int:
+                 engine: Engine | None = None, write_empty_chunks: bool = False,
+                 threads: int = 1) -> int:
     """Store ``values`` (shaped like ``region``) into the array; return the bytes written.
 
-    Raises ValueError for a misaligned region, and BatchIOError (OSErrors naming each path)
-    when objects could not be written; objects are complete or absent, never torn.
+    Units are encoded on ``threads`` threads (1: on the caller's, as a dask task does; a
+    caller that is the only writer can use every core). Raises ValueError for a misaligned
+    region, and BatchIOError (OSErrors naming each path) when objects could not be written;
+    objects are complete or absent, never torn.
     """
     check_aligned(spec, region)
     engine = engine or get_engine()
     pos, _, count, dst = cell_boxes(region, spec.grid)
-    writes, deletes = [], []
+    units = list(zip(map(tuple, pos.tolist()), count.tolist(), dst.tolist()))
+    encoded: list = [None] * len(units)
+
+    def encode(i: int) -> None:
+        _, c, d = units[i]
+        unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
+        encoded[i] = _encode_unit(spec, unit, write_empty_chunks)
+
     with metrics.timed(engine.totals, "lsio-encode"):
-        for p, c, d in zip(map(tuple, pos.tolist()), count.tolist(), dst.tolist()):
-            unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
-            data = _encode_unit(spec, unit, write_empty_chunks)
-            if data is None:  # all fill_value: no object, and none left from an earlier write
-                deletes.append(spec.path(p))
-            else:
-                writes.append((spec.path(p), data))
+        _decode.run(((i,) for i in range(len(units))), encode, threads)
+    writes, deletes = [], []
+    for (p, _, _), data in zip(units, encoded):
+        if data is None:  # all fill_value: no object, and none left from an earlier write
+            deletes.append(spec.path(p))
+        else:
+            writes.append((spec.path(p), data))
     with metrics.timed(engine.totals, "lsio-write"):
         written = sum(engine.write(writes)) if writes else 0
         if deletes:
@@ -58,17 +69,18 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
 
 
 def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
-                  engine: Engine | None = None, write_empty_chunks: bool = False) -> int:
+                  engine: Engine | None = None, write_empty_chunks: bool = False,
+                  threads: int = 1) -> int:
     """:func:`write_region` for any region: units it covers only in part are read, updated
     and written whole. The caller must be the only writer of those units (``to_zarr`` cuts
     blocks on the unit grid, so each partial unit belongs to one task)."""
     outer = covering_region(spec, region)
     if outer == region:
-        return write_region(spec, region, values, engine, write_empty_chunks)
+        return write_region(spec, region, values, engine, write_empty_chunks, threads)
     engine = engine or get_engine()
-    merged = read_region(spec, outer, engine)
+    merged = read_region(spec, outer, engine, threads=threads)
     merged[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer))] = values
-    return write_region(spec, outer, merged, engine, write_empty_chunks)
+    return write_region(spec, outer, merged, engine, write_empty_chunks, threads)
 
 
 def covering_region(spec: ArraySpec, region: tuple[slice, ...]) -> tuple[slice, ...]:
