@@ -133,3 +133,19 @@ def test_writes_match_the_default_pipeline(spec, seed):
                 ours[sel] = value
                 np.testing.assert_array_equal(ours[...], theirs[...], err_msg=str(sel))
         np.testing.assert_array_equal(zarr.open_array(ours_path)[...], theirs[...])
+
+
+def test_read_only_equality_and_odd_dtypes(tmp_path):
+    """Found by zarr-python's own suite: writes to a read-only array must raise as zarr's do,
+    arrays opened twice compare equal, and a structured dtype is delegated, not an error."""
+    zarr.create_array(tmp_path / "a", shape=(4,), chunks=(2,), dtype="int8")[...] = 1
+    with zarr.config.set(LSIO):
+        ro = zarr.open_array(tmp_path / "a", mode="r")
+        with pytest.raises(ValueError, match="read-only|read only"):
+            ro[...] = 2
+        assert zarr.open_array(tmp_path / "a") == zarr.open_array(tmp_path / "a")
+        rec = zarr.create_array(tmp_path / "r", shape=(2,), chunks=(1,),
+                                dtype=[("x", "i4"), ("y", "f8")])
+        rec[...] = np.array([(1, 2.0), (3, 4.0)], dtype=[("x", "i4"), ("y", "f8")])
+        assert rec[1]["y"] == 4.0
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a")[...], 1)

@@ -229,7 +229,7 @@ def numeric_dtype(spec: Any) -> np.dtype:
     """The numpy dtype of a zarr data type; only bool and numbers are decoded here."""
     try:
         dtype = np.dtype(spec)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # names numpy does not know, data type objects
         raise UnsupportedCodecError(f"data type {spec!r}", str(spec)) from e
     if dtype.kind not in "biufc":
         raise UnsupportedCodecError(f"data type {dtype}", str(dtype))
