@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import zarr
@@ -114,15 +114,14 @@ class LSIOCodecPipeline(CodecPipeline):
         batch = list(batch_info)
         plan = None if _read_only(batch) else self._plan(batch, value)  # zarr raises there
         in_order = all(_plain(o if isinstance(o, tuple) else (o,)) for *_, o, _ in batch)
-        values = None if plan is None or drop_axes or not in_order else _box_values(value, plan[1])
+        values = None if plan is None or drop_axes or not in_order else _box_values(value, plan.box)
         if values is None:
             await self.inner.write(batch, value, drop_axes)
             return
-        spec, box, _ = plan
         empty = bool(getattr(batch[0][1].config, "write_empty_chunks", False))
         # whole units encoded and renamed into place in one engine batch; units the box
         # covers in part are read, merged and rewritten whole, as zarr-python does
-        await asyncio.to_thread(update_region, spec, box, values, None, empty, _CORES)
+        await asyncio.to_thread(update_region, plan.spec, plan.box, values, None, empty, _CORES)
 
     # -- reads ---------------------------------------------------------------------------------
     async def read(self, batch_info: Iterable[Any], out: Any, drop_axes: tuple[int, ...] = ()) -> None:
@@ -131,23 +130,22 @@ class LSIOCodecPipeline(CodecPipeline):
         if plan is None:
             await self.inner.read(batch, out, drop_axes)
             return
-        spec, box, pieces = plan
         target = out.as_ndarray_like()
-        shape = tuple(s.stop - s.start for s in box)
-        if _whole(target, shape, spec, pieces, drop_axes):  # decode straight into ``out``
-            await asyncio.to_thread(read_region, spec, box, None, target.reshape(shape), _CORES)
+        if _whole(target, plan, drop_axes):  # decode straight into ``out``
+            await asyncio.to_thread(read_region, plan.spec, plan.box, None,
+                                    target.reshape(plan.shape), _CORES)
             return
-        values = await asyncio.to_thread(read_region, spec, box, None, None, _CORES)
-        for in_box, out_selection in pieces:
+        values = await asyncio.to_thread(read_region, plan.spec, plan.box, None, None, _CORES)
+        for in_box, out_selection in plan.pieces():
             piece = values[in_box]
             target[out_selection] = piece.squeeze(axis=drop_axes) if drop_axes else piece
 
-    def _plan(self, batch: list, out: Any):
-        """(spec, box, [(selection in box, out selection)]) when this read is ours, else None."""
+    def _plan(self, batch: list, out: Any) -> "_Box | None":
+        """The box a batch of plain chunk selections tiles, when this read or write is ours."""
         if self.spec is None or not batch or not isinstance(out.as_ndarray_like(), np.ndarray):
             return None
         spec = self.spec
-        cells, root = [], None
+        lo, hi, root, ints = [], [], None, False
         for getter, _, chunk_selection, _, _ in batch:
             path = getattr(getter, "path", None)
             if getattr(getter, "store", None) is None or path is None:
@@ -157,25 +155,45 @@ class LSIOCodecPipeline(CodecPipeline):
                 return None
             if root is None:
                 root = os.path.join(self.store_root, array_path)
-            cells.append((coords, chunk_selection))
-        regions = [_region(spec, c, sel) for c, sel in cells]
-        box = tuple(slice(min(r[a].start for r in regions), max(r[a].stop for r in regions))
-                    for a in range(len(spec.shape)))
-        if not _tiles(spec, box, len(cells)):  # sparse chunks: a box would read far more
+            a, b, has_int = _span(spec, coords, chunk_selection)
+            lo.append(a)
+            hi.append(b)
+            ints = ints or has_int
+        lo_a, hi_a = np.array(lo, np.int64), np.array(hi, np.int64)
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo_a.min(0), hi_a.max(0)))
+        if not _tiles(spec, box, len(batch)):  # sparse chunks: a box would read far more
             return None
-        pieces = [(_in_box(sel, reg, box), item[3]) for (_, sel), reg, item
-                  in zip(cells, regions, batch)]
-        return dataclasses.replace(spec, root=root), box, pieces
+        return _Box(dataclasses.replace(spec, root=root), box, lo_a, hi_a, ints, batch)
 
 
-def _whole(target: np.ndarray, shape: tuple[int, ...], spec: ArraySpec, pieces: list,
-           drop_axes: tuple[int, ...]) -> bool:
-    """Whether ``target`` is exactly the box, in order (a plain slice of the array): then the
-    box can be read into it (reshaped: integer indices only drop length-1 axes)."""
-    return (not drop_axes and target.flags.c_contiguous and target.dtype == spec.dtype
-            and target.size == int(np.prod(shape))
-            and all(isinstance(s, slice) and s.step in (None, 1)
-                    for _, sel in pieces for s in (sel if isinstance(sel, tuple) else (sel,))))
+@dataclasses.dataclass
+class _Box:
+    """A batch of chunk selections that tile one box of the array."""
+
+    spec: ArraySpec
+    box: tuple[slice, ...]
+    lo: np.ndarray  # (chunks, ndim) first element of each chunk's selection, array coords
+    hi: np.ndarray  # ... and one past its last
+    ints: bool  # some selections index an axis with an integer (dropping it)
+    batch: list
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(s.stop - s.start for s in self.box)
+
+    def pieces(self) -> Iterator[tuple[tuple, Any]]:
+        """Per chunk: its part of the box (integers drop their axis), its out selection."""
+        origin = np.array([s.start for s in self.box], np.int64)
+        for (_, _, sel, out_sel, _), a, b in zip(self.batch, self.lo - origin, self.hi - origin):
+            yield (tuple(slice(int(x), int(y)) if isinstance(s, slice) else int(x)
+                         for s, x, y in zip(sel, a, b)), out_sel)
+
+
+def _whole(target: np.ndarray, plan: _Box, drop_axes: tuple[int, ...]) -> bool:
+    """Whether ``target`` is exactly the box, in order (a plain slice of the array, no
+    integer indices): then the box can be read straight into it."""
+    return (not drop_axes and not plan.ints and target.flags.c_contiguous
+            and target.dtype == plan.spec.dtype and target.size == int(np.prod(plan.shape)))
 
 
 def _read_only(batch: list) -> bool:
@@ -238,23 +256,22 @@ def _plain(selection: Any) -> bool:
                for s in selection)
 
 
-def _region(spec: ArraySpec, coords: tuple[int, ...], selection: Any) -> tuple[slice, ...]:
-    """The array region a chunk selection covers."""
-    out = []
+def _span(spec: ArraySpec, coords: tuple[int, ...], selection: Any):
+    """First and one-past-last array index a chunk selection covers, per axis; and whether it
+    indexes an axis with an integer."""
+    lo, hi, has_int = [], [], False
     for c, g, n, s in zip(coords, spec.grid, spec.shape, selection):
-        lo = c * g
+        origin = c * g
         if isinstance(s, slice):
-            start, stop, _ = s.indices(min(g, n - lo))
-            out.append(slice(lo + start, lo + stop))
+            start = s.start or 0
+            stop = s.stop if s.stop is not None else min(g, n - origin)
+            lo.append(origin + start)
+            hi.append(origin + stop)
         else:
-            out.append(slice(lo + int(s), lo + int(s) + 1))
-    return tuple(out)
-
-
-def _in_box(selection: Any, region: tuple[slice, ...], box: tuple[slice, ...]) -> tuple:
-    """Index into the box read that gives ``chunk[selection]`` (integers drop their axis)."""
-    return tuple(slice(r.start - b.start, r.stop - b.start) if isinstance(s, slice)
-                 else r.start - b.start for s, r, b in zip(selection, region, box))
+            lo.append(origin + int(s))
+            hi.append(origin + int(s) + 1)
+            has_int = True
+    return lo, hi, has_int
 
 
 def _tiles(spec: ArraySpec, box: tuple[slice, ...], n: int) -> bool:
