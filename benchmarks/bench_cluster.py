@@ -28,8 +28,6 @@ last line prints the issue's "done when" check.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -131,15 +129,9 @@ def main(argv: list[str] | None = None) -> None:
     nbytes = bench_read.make_specs(args.quick)["A"].nbytes
     times = run(args)
     rows, checks = report(times, nbytes)
-    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
-            "kernel": platform.release(), "cpus": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "cluster": "LocalCluster(n_workers=2, threads_per_worker=1, processes=True)",
-            "args": {k: str(v) for k, v in vars(args).items()}}
-    bench_io.save_json(args.json, meta, rows, checks)
-    print()
-    for c in checks:
-        print(c.line())
+    meta = bench_io.run_meta(args) | {
+        "cluster": "LocalCluster(n_workers=2, threads_per_worker=1, processes=True)"}
+    bench_io.finish(args.json, meta, rows, checks)
 
 
 if __name__ == "__main__":

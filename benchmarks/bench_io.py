@@ -605,6 +605,24 @@ def done_when(results: list[Result]) -> list[Check]:
     ]
 
 
+def run_meta(args: argparse.Namespace) -> dict:
+    """Where and how a benchmark ran (date, machine, Python, its arguments), for its JSON."""
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+        "python": sys.version.split()[0], "numpy": np.__version__,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+
+
+def finish(path: Path, meta: dict, rows: list[dict], checks: list[Check]) -> None:
+    """Save the JSON file and print the "done when" checks: a benchmark's last lines."""
+    save_json(path, meta, rows, checks)
+    print()
+    for c in checks:
+        print(c.line())
+
+
 def save_json(path: Path, meta: dict, rows: list[dict], checks: list[Check]) -> None:
     """A benchmark's JSON file: how it was measured, its result rows and its checks (the
     layout the IO and read benchmarks share)."""
@@ -664,11 +682,7 @@ def cache_states(args: argparse.Namespace) -> list[str]:
 
 def meta_info(args: argparse.Namespace, specs: dict[str, Spec], fio: FioReader | None) -> dict:
     """Where and how the benchmark ran, for the JSON file."""
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-        "python": sys.version.split()[0], "numpy": np.__version__,
-        "args": {k: str(v) for k, v in vars(args).items()},
+    return run_meta(args) | {
         "datasets": {k: asdict(s) for k, s in specs.items()},
         "fio": fio.info() if fio else None,
     }

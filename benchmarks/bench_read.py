@@ -83,7 +83,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -1038,11 +1037,7 @@ def make_fio(args: argparse.Namespace) -> bench_io.FioReader | None:
 
 def meta_info(args, datasets: list[Dataset], workers: list[Worker], fio) -> dict:
     """Where and how the benchmark ran, for the JSON file."""
-    return {
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
-        "python": sys.version.split()[0], "numpy": np.__version__,
-        "args": {k: str(v) for k, v in vars(args).items()},
+    return bench_io.run_meta(args) | {
         "datasets": {
             d.spec.name: asdict(d.spec) | {"files": len(d.paths), "stored_bytes": d.stored_bytes,
                                            "ratio": d.spec.nbytes / d.stored_bytes}

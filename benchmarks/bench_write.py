@@ -57,7 +57,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import platform
 import shutil
 import sys
 import time
@@ -387,19 +386,13 @@ def main(argv: list[str] | None = None) -> None:
         results += run_layout(LAYOUTS[name], data, writers, args)
     print_table(results)
     checks = done_when(results)
-    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "host": platform.node(),
-            "kernel": platform.release(), "cpus": os.cpu_count(),
-            "python": sys.version.split()[0], "versions": versions(),
-            "args": {k: str(v) for k, v in vars(args).items()}, "shape": list(data.shape),
-            "block": BLOCK, "chunk": CHUNK, "shard": SHARD}
+    meta = bench_io.run_meta(args) | {"versions": versions(), "shape": list(data.shape),
+                                      "block": BLOCK, "chunk": CHUNK, "shard": SHARD}
     rows = [{"layout": r.layout, "writer": r.writer, "seconds": r.seconds, "bytes": r.nbytes,
              "median_s": r.median, "gb_per_s": r.gbps, "error": r.error,
              "x_dask": ratio(results, r, "dask"), "x_zarrs": ratio(results, r, "zarrs"),
              "x_ceiling": ratio(results, r, "encode-only")} for r in results]
-    bench_io.save_json(args.json, meta, rows, checks)
-    print()
-    for c in checks:
-        print(c.line())
+    bench_io.finish(args.json, meta, rows, checks)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dask.array as da
-import numpy as np
 from zarr.codecs import BloscCodec
 
 import dask_lsio
@@ -27,5 +26,3 @@ def make_sample(path: str, steps: int, size: int = 512) -> str:
 def gbps(nbytes: float, seconds: float) -> str:
     return f"{nbytes / 1e9:.2f} GB in {seconds:.2f} s ({nbytes / 1e9 / seconds:.2f} GB/s)"
 
-
-__all__ = ["gbps", "make_sample", "np"]

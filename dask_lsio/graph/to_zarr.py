@@ -14,7 +14,7 @@ from dask.array.slicing import normalize_index
 
 from .. import config
 from ..errors import UnsupportedCodecError
-from ..zarr.spec import ArraySpec, local_root, spec_from_array
+from ..zarr.spec import local_path, local_root, spec_from_array
 from .target import ZarrTarget, plain_region
 
 _MODES = ("r+", "a", "w", "w-")
@@ -90,15 +90,14 @@ def to_zarr(
             raise
         warnings.warn(f"{e}: writing {z.store_path} through zarr-python (correct, slower)",
                       stacklevel=2)
-        return _store(arr, z, region, compute, return_stored)
+        return _store(arr, z, _write_grid(z), region, compute, return_stored)
     target = ZarrTarget(spec, _write_empty_chunks(z))
-    return _store(arr, target, region, compute, return_stored, spec)
+    return _store(arr, target, spec.grid, region, compute, return_stored)
 
 
-def _store(arr: da.Array, target: Any, region: tuple[slice, ...], compute: bool,
-           return_stored: bool, spec: ArraySpec | None = None) -> Any:
-    """``da.store`` of blocks of whole write units into ``target``."""
-    grid = spec.grid if spec is not None else _write_grid(target)
+def _store(arr: da.Array, target: Any, grid: tuple[int, ...], region: tuple[slice, ...],
+           compute: bool, return_stored: bool) -> Any:
+    """``da.store`` of blocks of whole write units (``grid``) into ``target``."""
     starts = tuple(s.start for s in region)
     arr = arr.rechunk(aligned_chunks(arr.chunks, grid, starts))
     whole = all(s.start == 0 and s.stop == n for s, n in zip(region, target.shape))
@@ -164,19 +163,15 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
     return zarr.create_array(store=root, name=component, **kwargs)
 
 
-def local_path(url: Any) -> str:
-    """The local directory of a path or ``file://`` URL."""
-    path = os.fspath(url)
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
 def _remote(url: Any, storage_options: dict | None) -> bool:
-    if isinstance(url, zarr.Array):
-        return not isinstance(url.store_path.store, zarr.storage.LocalStore)
-    if storage_options is not None or not isinstance(url, (str, os.PathLike)):
+    """Whether ``url`` is a store dask-lsio does not write itself."""
+    if storage_options is not None or not isinstance(url, (str, os.PathLike, zarr.Array)):
         return True
-    scheme = os.fspath(url).partition("://")[0] if "://" in os.fspath(url) else ""
-    return scheme not in ("", "file")
+    try:
+        local_path(url)
+    except UnsupportedCodecError:
+        return True
+    return False
 
 
 def _through_dask(arr, url, component, storage_options, region, compute, return_stored, mode,

@@ -114,7 +114,7 @@ class LSIOCodecPipeline(CodecPipeline):
         batch = list(batch_info)
         plan = None if _read_only(batch) else self._plan(batch, value)  # zarr raises there
         in_order = all(_plain(o if isinstance(o, tuple) else (o,)) for *_, o, _ in batch)
-        values = None if plan is None or drop_axes or not in_order else _box_values(value, plan.box)
+        values = None if plan is None or drop_axes or not in_order else _box_values(value, plan.shape)
         if values is None:
             await self.inner.write(batch, value, drop_axes)
             return
@@ -200,13 +200,12 @@ def _read_only(batch: list) -> bool:
     return any(getattr(getattr(item[0], "store", None), "read_only", False) for item in batch)
 
 
-def _box_values(value: Any, box: tuple[slice, ...]) -> np.ndarray | None:
-    """The values to store in ``box``: ``value`` reshaped to it, or broadcast from one
-    element; None when they do not map onto the box in order."""
+def _box_values(value: Any, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The values to store in a box of ``shape``: ``value`` reshaped to it, or broadcast from
+    one element; None when they do not map onto the box in order."""
     arr = value.as_ndarray_like()
     if not isinstance(arr, np.ndarray):
         return None
-    shape = tuple(s.stop - s.start for s in box)
     if arr.size == int(np.prod(shape)):
         return arr.reshape(shape)
     if arr.size == 1:

@@ -84,6 +84,23 @@ class ArraySpec:
         return (type(self).__name__, self.root, self.shape, str(self.dtype), self.grid)
 
 
+def local_path(url: Any) -> str:
+    """The local directory of a path, a ``file://`` URL or a ``zarr.Array`` on a LocalStore;
+    :class:`UnsupportedCodecError` for any other store (s3://, memory:// ...)."""
+    if isinstance(url, zarr.Array):
+        store = url.store_path.store
+        if not isinstance(store, zarr.storage.LocalStore):
+            raise UnsupportedCodecError(f"arrays on {type(store).__name__}", None)
+        return os.path.join(str(store.root), url.store_path.path)
+    path = os.fspath(url)
+    if "://" not in path:  # a plain path (which may hold a colon)
+        return path
+    parsed = urlparse(path)
+    if parsed.scheme != "file":
+        raise UnsupportedCodecError(f"stores at {parsed.scheme}:// URLs", None)
+    return parsed.path
+
+
 def local_root(url: Any, component: str | None) -> tuple[str, zarr.Array]:
     """The directory of the array at ``url``/``component`` and the array opened there.
 
@@ -91,17 +108,8 @@ def local_root(url: Any, component: str | None) -> tuple[str, zarr.Array]:
     stores raise :class:`UnsupportedCodecError` (read through zarr-python instead).
     """
     if isinstance(url, zarr.Array):
-        store = url.store_path.store
-        if not isinstance(store, zarr.storage.LocalStore):
-            raise UnsupportedCodecError(f"arrays on {type(store).__name__}", None)
-        return os.path.join(str(store.root), url.store_path.path), url
-    path = os.fspath(url)
-    parsed = urlparse(path)
-    if parsed.scheme == "file":
-        path = parsed.path
-    elif parsed.scheme and len(parsed.scheme) > 1:  # s3://, gs://, http:// ...
-        raise UnsupportedCodecError(f"stores at {parsed.scheme}:// URLs", None)
-    root = os.path.abspath(os.path.join(path, component or ""))
+        return local_path(url), url
+    root = os.path.abspath(os.path.join(local_path(url), component or ""))
     try:
         arr = zarr.open_array(store=root, mode="r")
     except Exception as e:  # zarr raises several types for missing or broken metadata
