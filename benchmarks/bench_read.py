@@ -11,10 +11,23 @@ Three Zarr v3 arrays of the same float32 data, shape 1024 x 512 x 512 (1 GiB; ``
 
 The data is a smooth field (a travelling wave pattern around 285) plus Gaussian noise
 (sigma 0.25), rounded to 0.01 like a quantised sensor: it compresses about 1.6x with
-blosc-lz4 and 1.85x with zstd. Two workloads: ``scan``, the sum of the whole array, and
-``select``, 200 selections ``[t, y0:y0+64, x0:x0+64]`` at random positions (fixed seed),
-each touching 1 to 4 chunks. Every timed run opens the array (included in its time), so a
-cold run also reads ``zarr.json``. Readers:
+blosc-lz4 and 1.85x with zstd. Four workloads:
+
+``scan``    the sum of the whole array (every reader but lsio-pipeline);
+``select``  200 selections ``[t, y0:y0+64, x0:x0+64]`` at random positions (fixed seed),
+            each touching 1 to 4 chunks;
+``array``   ``zarr.open_array(path)[:]``, the whole array into one numpy array, with zarr's
+            default pipeline (zarr), zarrs' and ours (lsio-pipeline); tensorstore's
+            ``read()``; warm, A and B (issue 6);
+``xsum``    ``xarray.open_zarr(view, consolidated=False)["v"].sum().compute()`` with zarr's
+            default pipeline (zarr: plain xarray), zarrs' and ours (lsio-pipeline), against
+            ``dask_lsio.open_zarr(view, ...)`` (dask_lsio); warm, A and B. The view is a Zarr
+            group beside the dataset (``xr-A-1024``) holding the array as variable ``v`` with
+            dimension names, its chunks a symlink to the dataset's, and an hourly CF ``time``
+            coordinate; xarray's default chunks (``chunks="auto"``) apply.
+
+Every timed run opens the array (included in its time), so a cold run also reads
+``zarr.json``. Readers:
 
 ``dask_lsio``    ``dask_lsio.from_zarr(path).sum().compute()``; selections
                  ``a[sel].compute()`` one after the other; threaded scheduler, defaults,
@@ -29,6 +42,8 @@ cold run also reads ``zarr.json``. Readers:
                  to the Python pipeline); the rest of its settings at their defaults.
                  zarrs 0.2.3 rejects ``z[t, y0:y1, x0:x1]`` when the window crosses chunks
                  (UnsupportedVIndexingError), so selections use ``z[t:t+1, ...][0]``
+``lsio-pipeline`` zarr-python with ``codec_pipeline.path =
+                 dask_lsio.zarr.LSIOCodecPipeline`` and ``lsio.strict`` on (array, xsum)
 ``tensorstore``  ``ts.open({"driver": "zarr3", "kvstore": {"driver": "file", ...}})``,
                  default context (no cache pool); selections are all issued at once and
                  then awaited (its futures API); zarr/zarrs read them one after the other
@@ -58,16 +73,18 @@ cold runs drop the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``, root
 before each timed run; warm runs pre-read the dataset. Each (dataset, reader, workload)
 first runs once untimed (selections: the first 20), which also checks the result. Every
 timed run is checked too: the scan's sum against the sum computed when the data was
-generated, each selection's sum against the generator's values. GB/s are decimal, of
-decoded output (1 GiB = 1.074 GB for a full scan); "x dask", "x zarrs" compare with those
-readers in the same dataset, cache state and workload; "x ceil" compares with decode-only
-(warm, A and B), else fio.
+generated (the whole array's sum after the clock stopped), each selection's sum against
+the generator's values. GB/s are decimal, of decoded output (1 GiB = 1.074 GB for a full
+scan); "x base", "x zarrs" compare with those readers in the same dataset, cache state and
+workload (base: dask for scan and select, the default pipeline for array and xsum); "x ceil"
+compares with decode-only (warm, A and B; for array too), else fio.
 
 Run (from the repository root, with dask-lsio and the ``bench`` extra installed)::
 
     python benchmarks/bench_read.py                 # full: 5 repeats, ~25 min on 2 cores
     python benchmarks/bench_read.py --quick         # 128 x 512 x 512, 2 repeats, ~2 min
     python benchmarks/bench_read.py --only A --readers dask_lsio,zarrs --no-cold
+    python benchmarks/bench_read.py --workloads array,xsum --no-cold   # issue 6's rows
 
 The datasets are generated once under ``--data-dir`` (default ``benchmarks/data``) and
 reused while their manifest matches. Raw timings, medians and every reader's versions and
@@ -111,8 +128,21 @@ WARMUP_SELECT = 20  # selections in the untimed first run (the timed runs do all
 DATA_SEED = 7
 SELECT_SEED = 42
 EMPTY = 2**64 - 1  # shard index entry of a missing inner chunk
-READERS = ["dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "decode-only", "fio"]
-WORKLOADS = ["scan", "select"]
+READERS = [
+    "dask_lsio", "dask", "zarr", "zarrs", "lsio-pipeline", "tensorstore", "decode-only", "fio",
+]
+WORKLOADS = ["scan", "select", "array", "xsum"]
+# who runs which workload; the rest of a workload's rows are "-" (decode-only: warm A, B)
+RUNS = {
+    "scan": {"dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "decode-only"},
+    "select": {"dask_lsio", "dask", "zarr", "zarrs", "tensorstore"},
+    "array": {"zarr", "zarrs", "lsio-pipeline", "tensorstore"},
+    "xsum": {"dask_lsio", "zarr", "zarrs", "lsio-pipeline"},
+}
+# the row each workload's "x base" compares with: the stack its users have today
+BASE = {"scan": "dask", "select": "dask", "array": "zarr", "xsum": "zarr"}
+XR_VAR = "v"  # the data variable of the xarray views
+XR_DIMS = ["time", "y", "x"]
 
 
 # -- datasets ----------------------------------------------------------------------------
@@ -180,6 +210,7 @@ class Dataset:
     paths: list[str]
     sizes: np.ndarray
     total_sum: float
+    xr_root: Path | None = None  # the xarray view of the array (see ``xarray_view``)
 
     @property
     def stored_bytes(self) -> int:
@@ -242,8 +273,34 @@ def prepare_datasets(specs: list[Spec], data_dir: Path) -> list[Dataset]:
             raise RuntimeError(f"dataset {root} was written but its manifest does not match")
         paths = object_paths(root, s.shape, s.cell)
         sizes = np.array([os.stat(p).st_size for p in paths], dtype=np.int64)
-        out.append(Dataset(s, root, paths, sizes, manifest["sum"]))
+        view = xarray_view(root, data_dir / f"xr-{s.name}-{s.shape[0]}")
+        out.append(Dataset(s, root, paths, sizes, manifest["sum"], view))
     return out
+
+
+def xarray_view(array_root: Path, view: Path) -> Path:
+    """An xarray-readable Zarr v3 group over the array at ``array_root``, without a copy.
+
+    The group holds the array as variable ``XR_VAR`` (its metadata plus dimension names,
+    its ``c/`` folder a symlink to the array's chunks) and a CF-encoded hourly ``time``
+    coordinate, as a forecast or satellite dataset has. Rebuilt on every run: it is small
+    and then always points at the current data.
+    """
+    import zarr
+
+    shutil.rmtree(view, ignore_errors=True)
+    group = zarr.open_group(str(view), mode="w", zarr_format=3)
+    meta = json.loads((array_root / "zarr.json").read_text())
+    time_axis = group.create_array("time", shape=(meta["shape"][0],), dtype="int64",
+                                   chunks=(meta["shape"][0],), dimension_names=["time"],
+                                   attributes={"units": "hours since 2020-01-01",
+                                               "calendar": "proleptic_gregorian"})
+    time_axis[:] = np.arange(meta["shape"][0])
+    var = view / XR_VAR
+    var.mkdir()
+    (var / "zarr.json").write_text(json.dumps(meta | {"dimension_names": XR_DIMS}))
+    (var / "c").symlink_to(os.path.relpath(array_root / "c", var))
+    return view
 
 
 def _manifest(root: Path, spec: Spec) -> dict | None:
@@ -295,8 +352,10 @@ def _generate(specs: list[Spec], data_dir: Path) -> None:
 
 
 def preread(ds: Dataset) -> None:
-    """Bring every file of the dataset (metadata too) into the page cache."""
-    for dirpath, _, names in os.walk(ds.root):
+    """Bring every file of the dataset (metadata too, and its xarray view's) into the page
+    cache."""
+    roots = [ds.root] + ([ds.xr_root] if ds.xr_root else [])
+    for dirpath, _, names in (step for root in roots for step in os.walk(root)):
         for name in names:
             with open(os.path.join(dirpath, name), "rb") as f:
                 while f.read(1 << 24):
@@ -337,6 +396,7 @@ class Job:
     shards: list[int] | None
     sels: list[list[int]] | None = None
     check: bool = False
+    xr: str | None = None  # the xarray view (xsum)
 
 
 def make_job(ds: Dataset, workload: str, sels: list, check: bool) -> Job:
@@ -346,6 +406,7 @@ def make_job(ds: Dataset, workload: str, sels: list, check: bool) -> Job:
         str(ds.root), s.name, list(s.shape), list(s.chunks),
         list(s.shards) if s.shards else None,
         [list(x) for x in sels] if workload == "select" else None, check,
+        str(ds.xr_root) if workload == "xsum" and ds.xr_root else None,
     )
 
 
@@ -372,8 +433,9 @@ class Peer:
     """A reader, living in its own worker process.
 
     ``setup`` imports and configures it (raising makes it "not available") and returns its
-    versions and settings; ``prepare`` runs untimed before every run; ``scan`` returns the
-    sum (None: not computed) and the decoded bytes; ``select`` returns one array per window.
+    versions and settings; ``prepare`` runs untimed before every run; ``scan`` and ``xsum``
+    return the sum (None: not computed) and the decoded bytes; ``select`` returns one array
+    per window; ``array`` returns the whole array.
     """
 
     name = ""
@@ -390,6 +452,18 @@ class Peer:
 
     def select(self, job: Job) -> list[np.ndarray]:
         raise NotImplementedError(f"{self.name} has no selection workload")
+
+    def array(self, job: Job) -> np.ndarray:
+        raise NotImplementedError(f"{self.name} has no whole-array workload")
+
+    def xsum(self, job: Job) -> tuple[float | None, int]:
+        raise NotImplementedError(f"{self.name} has no xarray workload")
+
+
+def xarray_sum(opened: Any) -> tuple[float, int]:
+    """The sum of an xarray Dataset's data variable, computed by dask (threaded)."""
+    var = opened[XR_VAR]
+    return float(var.sum().compute()), var.nbytes
 
 
 class DaskPeer(Peer):
@@ -426,6 +500,16 @@ class DaskPeer(Peer):
         a = self.open(job.root)
         return [a[t, y : y + WINDOW, x : x + WINDOW].compute() for t, y, x in job.sels]
 
+    def xsum(self, job: Job) -> tuple[float | None, int]:
+        """``dask_lsio.open_zarr``: xarray's dataset, our arrays (lsio only)."""
+        import dask_lsio
+
+        if not self.lsio:
+            raise NotImplementedError("plain xarray is the zarr reader's xsum")
+        opened = dask_lsio.open_zarr(job.xr, consolidated=False)
+        self.detail = f"dask_lsio.open_zarr, {opened[XR_VAR].data.npartitions:,} tasks"
+        return xarray_sum(opened)
+
 
 class ZarrPeer(Peer):
     """zarr-python, with its own codec pipeline or zarrs'."""
@@ -433,6 +517,7 @@ class ZarrPeer(Peer):
     PIPELINES = {
         "zarr": {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"},
         "zarrs": {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline", "codec_pipeline.strict": True},
+        "lsio-pipeline": {"codec_pipeline.path": "dask_lsio.zarr.LSIOCodecPipeline"},
     }
 
     def __init__(self, name: str) -> None:
@@ -447,15 +532,21 @@ class ZarrPeer(Peer):
             import zarrs
 
             info["zarrs"] = zarrs.__version__
+        if self.name == "lsio-pipeline":
+            import dask
+            import dask_lsio
+
+            dask.config.set({"lsio.strict": True})  # raise rather than delegate (codecs, store)
+            info |= {"dask_lsio": dask_lsio.__version__, "lsio.strict": True}
         zarr.config.set(self.PIPELINES[self.name])
         keys = ["codec_pipeline", "threading.max_workers", "async.concurrency"]
         return info | {k: zarr.config.get(k) for k in keys}
 
-    def open(self, job: Job) -> Any:
+    def open(self, job: Job, path: str | None = None) -> Any:
         """Open read-only; make sure the intended pipeline is the one in use."""
         import zarr
 
-        z = zarr.open_array(job.root, mode="r")
+        z = zarr.open_array(path or job.root, mode="r")
         pipeline = type(z._async_array.codec_pipeline).__name__
         wanted = self.PIPELINES[self.name]["codec_pipeline.path"].rsplit(".", 1)[1]
         if pipeline != wanted:
@@ -472,6 +563,22 @@ class ZarrPeer(Peer):
         z = self.open(job)  # t:t+1, not t: zarrs 0.2.3 (strict) rejects an integer index
         # with a window across chunks; the same form for zarr, for the same work
         return [z[t : t + 1, y : y + WINDOW, x : x + WINDOW][0] for t, y, x in job.sels]
+
+    def array(self, job: Job) -> np.ndarray:
+        return self.open(job)[:]
+
+    def prepare(self, job: Job) -> None:
+        """xsum: check (untimed) that xarray's arrays will get the intended pipeline."""
+        if job.xr:
+            self.open(job, os.path.join(job.xr, XR_VAR))
+
+    def xsum(self, job: Job) -> tuple[float | None, int]:
+        """``xarray.open_zarr`` with this reader's codec pipeline, default chunks."""
+        import xarray as xr
+
+        opened = xr.open_zarr(job.xr, consolidated=False)
+        self.detail += f", xarray.open_zarr, {opened[XR_VAR].data.npartitions:,} tasks"
+        return xarray_sum(opened)
 
 
 class TensorstorePeer(Peer):
@@ -499,6 +606,9 @@ class TensorstorePeer(Peer):
         s = self.open(job)
         futures = [s[t, y : y + WINDOW, x : x + WINDOW].read() for t, y, x in job.sels]
         return [f.result() for f in futures]
+
+    def array(self, job: Job) -> np.ndarray:
+        return self.open(job).read().result()
 
 
 class DecodeOnlyPeer(Peer):
@@ -562,7 +672,7 @@ def make_peer(name: str) -> Peer:
     """The reader called ``name``."""
     if name in ("dask_lsio", "dask"):
         return DaskPeer(lsio=name == "dask_lsio")
-    if name in ("zarr", "zarrs"):
+    if name in ZarrPeer.PIPELINES:
         return ZarrPeer(name)
     return {"tensorstore": TensorstorePeer, "decode-only": DecodeOnlyPeer}[name]()
 
@@ -596,10 +706,15 @@ def serve(peer: Peer, op: str, job: Job) -> dict:
     exact = reset_peak_rss()
     rss_before = rss_kib("VmRSS")
     t0 = time.perf_counter()
-    if op == "scan":
-        value, nbytes = peer.scan(job)
+    if op in ("scan", "xsum"):
+        value, nbytes = getattr(peer, op)(job)
         seconds = time.perf_counter() - t0
         reply = {"value": value, "nbytes": nbytes}
+    elif op == "array":
+        out = peer.array(job)
+        seconds = time.perf_counter() - t0
+        reply = {"value": float(out.sum(dtype=np.float64)), "nbytes": out.nbytes}
+        del out
     else:
         outs = peer.select(job)
         seconds = time.perf_counter() - t0
@@ -736,7 +851,7 @@ class Result:
 
 def check_reply(reply: dict, ds: Dataset, workload: str, expected: np.ndarray) -> str:
     """What is wrong with a reader's result ("" if nothing)."""
-    if workload == "scan":
+    if workload != "select":
         value = reply["value"]
         if value is not None and not math.isclose(value, ds.total_sum, rel_tol=1e-4):
             return f"wrong result: sum {value:.6g}, expected {ds.total_sum:.6g}"
@@ -753,9 +868,12 @@ def check_reply(reply: dict, ds: Dataset, workload: str, expected: np.ndarray) -
 
 
 def applies(reader: str, ds: Dataset, workload: str, cache: str) -> bool:
-    """Whether a reader has a row: decode-only is a warm scan of A and B only."""
-    if reader == "decode-only":
-        return workload == "scan" and cache == "warm" and ds.spec.codec != "none"
+    """Whether a reader has a row (``RUNS``): decode-only is a warm scan of A and B only;
+    the whole-array and xarray workloads are warm runs of A and B."""
+    if reader not in RUNS[workload]:
+        return False
+    if reader == "decode-only" or workload in ("array", "xsum"):
+        return cache == "warm" and ds.spec.codec != "none"
     return True
 
 
@@ -789,11 +907,12 @@ def fio_run(fio: bench_io.FioReader, ds: Dataset, cold: bool, res: Result) -> No
     res.runs.append(Run(run.seconds, ds.spec.nbytes))
 
 
-def warm_up(workers: list[Worker], ds: Dataset, sels: list, expected: np.ndarray) -> dict:
+def warm_up(workers: list[Worker], ds: Dataset, sels: list, expected: np.ndarray,
+            workloads: list[str]) -> dict:
     """One untimed, checked run of every reader and workload (the first ``WARMUP_SELECT``
     selections only: enough to warm their code paths); returns what failed."""
     failed = {}
-    for workload in WORKLOADS:
+    for workload in workloads:
         job = make_job(ds, workload, sels[:WARMUP_SELECT], check=True)
         for w in workers:
             if not applies(w.name, ds, workload, "warm"):
@@ -816,15 +935,16 @@ def run_dataset(
     sels: list,
     expected: np.ndarray,
     repeats: int,
+    workloads: list[str],
 ) -> list[Result]:
     """Warm every reader up on ``ds``, then time it in each cache state."""
-    failed = warm_up(workers, ds, sels, expected)  # (workload, reader) -> why not available
-    jobs = {wl: make_job(ds, wl, sels, check=False) for wl in WORKLOADS}
+    failed = warm_up(workers, ds, sels, expected, workloads)  # (workload, reader) -> why
+    jobs = {wl: make_job(ds, wl, sels, check=False) for wl in workloads}
     results: list[Result] = []
     for cache in states:
         rows = {
             (wl, w.name): Result(ds.spec.name, cache, wl, w.name)
-            for wl in WORKLOADS
+            for wl in workloads
             for w in workers
             if applies(w.name, ds, wl, cache)
         }
@@ -853,7 +973,7 @@ def run_cache_state(
     if not cold:
         preread(ds)
     for rep in range(repeats):
-        for wl in WORKLOADS:
+        for wl in jobs:
             for w in workers:
                 res = rows.get((wl, w.name))
                 if res is None or res.error:
@@ -889,8 +1009,9 @@ def find(results: list[Result], dataset: str, cache: str, workload: str, reader:
 
 
 def ceiling(results: list[Result], r: Result) -> Result | None:
-    """What "x ceil" compares with: decode-only for a warm scan of A or B, else fio."""
-    if r.workload != "scan":
+    """What "x ceil" compares with: decode-only for a warm scan or whole array of A or B,
+    else fio."""
+    if r.workload not in ("scan", "array"):
         return None
     if r.cache == "warm":
         dec = find(results, r.dataset, "warm", "scan", "decode-only")
@@ -900,9 +1021,9 @@ def ceiling(results: list[Result], r: Result) -> Result | None:
 
 
 def ratios(results: list[Result], r: Result) -> dict[str, float | None]:
-    """Throughput of ``r`` over dask's, zarrs' and the ceiling's (same cell)."""
+    """Throughput of ``r`` over the base's (``BASE``), zarrs' and the ceiling's (same cell)."""
     refs = {
-        "dask": find(results, r.dataset, r.cache, r.workload, "dask"),
+        "base": find(results, r.dataset, r.cache, r.workload, BASE[r.workload]),
         "zarrs": find(results, r.dataset, r.cache, r.workload, "zarrs"),
         "ceil": ceiling(results, r),
     }
@@ -916,27 +1037,28 @@ def _mib(x: int | None) -> str:
 def print_table(results: list[Result], specs: dict[str, Spec]) -> None:
     """The medians, one row per (dataset, cache, workload, reader)."""
     head = (
-        f"{'dataset':<16} {'cache':<5} {'work':<6} {'reader':<12} {'median s':>9} {'GB/s':>7} "
-        f"{'sel/s':>7} {'x dask':>7} {'x zarrs':>7} {'x ceil':>7} {'peak MiB':>9}"
+        f"{'dataset':<16} {'cache':<5} {'work':<6} {'reader':<13} {'median s':>9} {'GB/s':>7} "
+        f"{'sel/s':>7} {'x base':>7} {'x zarrs':>7} {'x ceil':>7} {'peak MiB':>9}"
     )
     print(head)
     print("-" * len(head))
     for r in results:
-        lead = f"{specs[r.dataset].label():<16} {r.cache:<5} {r.workload:<6} {r.reader:<12}"
+        lead = f"{specs[r.dataset].label():<16} {r.cache:<5} {r.workload:<6} {r.reader:<13}"
         if not r.ok:
             print(f"{lead} not available: {r.error or 'no runs'}")
             continue
         x = ratios(results, r)
         sel = f"{N_SELECT / r.median_s:,.0f}" if r.workload == "select" else "-"
         print(
-            f"{lead} {r.median_s:>9.4f} {r.gbps:>7.3f} {sel:>7} {bench_io._fmt(x['dask']):>7} "
+            f"{lead} {r.median_s:>9.4f} {r.gbps:>7.3f} {sel:>7} {bench_io._fmt(x['base']):>7} "
             f"{bench_io._fmt(x['zarrs']):>7} {bench_io._fmt(x['ceil']):>7} {_mib(r.peak_rss):>9}"
         )
     print(
         "GB/s: decimal, of decoded output (fio: decoded bytes / fio's time to read the stored "
-        "bytes); x dask, x zarrs, x ceil: GB/s over theirs in the same row group (ceil: "
-        "decode-only when warm, else fio); peak MiB: the reader process's RSS high-water mark "
-        "during a timed run (max over repeats)"
+        "bytes); x base, x zarrs, x ceil: GB/s over theirs in the same row group (base: dask "
+        "for scan and select, zarr's default pipeline for array and xsum; ceil: decode-only "
+        "when warm, else fio); peak MiB: the reader process's RSS high-water mark during a "
+        "timed run (max over repeats)"
     )
 
 
@@ -944,29 +1066,42 @@ def print_setup(workers: list[Worker], results: list[Result]) -> None:
     """How every reader was configured, and the blocks or pipeline each dataset used."""
     print("\nreaders:")
     for w in workers:
-        print(f"  {w.name:<12} {w.error or json.dumps(w.info)}")
-    notes = {(r.reader, r.dataset, r.note) for r in results if r.note and r.workload == "scan"}
-    for reader, dataset, note in sorted(notes):
+        print(f"  {w.name:<13} {w.error or json.dumps(w.info)}")
+    notes = {(r.reader, r.dataset, r.workload, r.note) for r in results
+             if r.note and r.workload in ("scan", "xsum")}
+    for reader, dataset, workload, note in sorted(notes):
         if reader != "fio":
-            print(f"  {reader:<12} {dataset}: {note}")
+            print(f"  {reader:<13} {dataset} {workload}: {note}")
 
 
 def done_when(results: list[Result]) -> list[bench_io.Check]:
-    """The issue's acceptance checks, measured (full scans, medians)."""
+    """The issues' acceptance checks, measured (medians): issue 2's full scans, issue 6's
+    whole-array reads through the codec pipeline and xarray sums."""
 
-    def rel(dataset: str, cache: str, other: str) -> float | None:
-        a = find(results, dataset, cache, "scan", "dask_lsio")
-        b = find(results, dataset, cache, "scan", other)
+    def rel(dataset: str, cache: str, other: str, workload: str = "scan",
+            ours: str = "dask_lsio") -> float | None:
+        a = find(results, dataset, cache, workload, ours)
+        b = find(results, dataset, cache, workload, other)
         return a.gbps / b.gbps if a and b else None
 
     Check = bench_io.Check
-    return [
+    checks = [
         Check("A warm scan: dask_lsio / dask.array.from_zarr", rel("A", "warm", "dask"), 8.0),
         Check("A warm scan: dask_lsio / zarrs", rel("A", "warm", "zarrs"), 1.2),
         Check("A cold scan: dask_lsio / zarrs", rel("A", "cold", "zarrs"), 2.0),
         Check("A cold scan: dask_lsio / tensorstore", rel("A", "cold", "tensorstore"), 1.3),
         Check("B warm scan: dask_lsio / zarrs", rel("B", "warm", "zarrs"), 1.2),
     ]
+    for d in ("A", "B"):
+        checks += [
+            Check(f"{d} warm z[:]: lsio-pipeline / default pipeline",
+                  rel(d, "warm", "zarr", "array", "lsio-pipeline"), 5.0),
+            Check(f"{d} warm z[:]: lsio-pipeline / zarrs pipeline",
+                  rel(d, "warm", "zarrs", "array", "lsio-pipeline"), 1.2),
+            Check(f"{d} warm xarray sum: dask_lsio.open_zarr / xarray.open_zarr",
+                  rel(d, "warm", "zarr", "xsum"), 5.0),
+        ]
+    return checks
 
 
 def write_json(path: Path, results: list[Result], checks: list, meta: dict) -> None:
@@ -981,7 +1116,7 @@ def write_json(path: Path, results: list[Result], checks: list, meta: dict) -> N
             x = ratios(results, r)
             row |= {
                 "bytes": r.runs[0].nbytes, "median_s": r.median_s, "gb_per_s": r.gbps,
-                "peak_rss": r.peak_rss, "ratio_dask": x["dask"], "ratio_zarrs": x["zarrs"],
+                "peak_rss": r.peak_rss, "ratio_base": x["base"], "ratio_zarrs": x["zarrs"],
                 "ratio_ceiling": x["ceil"],
             }
         rows.append(row)
@@ -999,6 +1134,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5; quick 2)")
     p.add_argument("--only", choices=["A", "B", "C"], help="run one dataset only")
     p.add_argument("--readers", default=",".join(READERS), help="comma-separated subset")
+    p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-cache runs")
     p.add_argument("--json", type=Path, default=REPO / "bench-results" / "bench_read.json")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: serve one reader
@@ -1011,6 +1147,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.readers) - set(READERS)
     if unknown:
         p.error(f"unknown readers {sorted(unknown)}; choose from {READERS}")
+    args.workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
+    if not args.workloads:
+        p.error(f"--workloads: choose from {WORKLOADS}")
     return args
 
 
@@ -1027,7 +1166,7 @@ def cache_states(args: argparse.Namespace) -> list[str]:
 
 def make_fio(args: argparse.Namespace) -> bench_io.FioReader | None:
     """fio, when asked for and installed; its job files are kept beside the JSON."""
-    if "fio" not in args.readers:
+    if "fio" not in args.readers or "scan" not in args.workloads:
         return None
     if shutil.which("fio") is None:
         print("note: fio not found on PATH, the fio ceiling is skipped")
@@ -1075,7 +1214,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for ds in datasets:
             t0 = time.perf_counter()
-            results += run_dataset(ds, workers, fio, states, sels, expected, args.repeats)
+            results += run_dataset(ds, workers, fio, states, sels, expected, args.repeats,
+                                   args.workloads)
             print(f"  dataset {ds.spec.name} done in {time.perf_counter() - t0:.1f} s", flush=True)
     finally:
         for w in workers:

@@ -149,3 +149,38 @@ def test_read_only_equality_and_odd_dtypes(tmp_path):
         rec[...] = np.array([(1, 2.0), (3, 4.0)], dtype=[("x", "i4"), ("y", "f8")])
         assert rec[1]["y"] == 4.0
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "a")[...], 1)
+
+
+@pytest.mark.parametrize("fmt, sep, shards", [(3, "/", None), (3, ".", None), (2, ".", None),
+                                              (2, "/", None), (3, "/", (1, 8, 8))])
+def test_whole_chunk_bounds_equal_the_per_chunk_parse(tmp_path, monkeypatch, fmt, sep, shards):
+    """Batches of whole chunks are planned from their keys in bulk: the same bounds as the
+    chunk-by-chunk parse, also for an array path holding the key separator."""
+    from dask_lsio.zarr import pipeline
+
+    encoding = {"name": "default" if fmt == 3 else "v2", "separator": sep}
+    group = zarr.open_group(tmp_path / "g", mode="w", zarr_format=fmt)
+    z = group.create_array("x.y", shape=(3, 10, 9), chunks=(1, 4, 4), shards=shards,
+                           dtype="int32", chunk_key_encoding=encoding)
+    z[...] = np.arange(270, dtype="int32").reshape(3, 10, 9)
+    bulk = []
+
+    def checked(spec, paths, batch):
+        got = real(spec, paths, batch)
+        if got is not None:
+            want = pipeline._chunk_spans(spec, paths, batch)
+            assert got[0] == want[0] == "x.y"
+            np.testing.assert_array_equal(got[1], want[1])
+            np.testing.assert_array_equal(got[2], want[2])
+        bulk.append(got is not None)
+        return got
+
+    real = pipeline._whole_chunks
+    monkeypatch.setattr(pipeline, "_whole_chunks", checked)
+    with zarr.config.set(LSIO):
+        ours = zarr.open_group(tmp_path / "g")["x.y"]
+        for sel in [Ellipsis, 1, (slice(None), slice(4, 8), slice(0, 9)), (slice(None), slice(1, 8))]:
+            np.testing.assert_array_equal(ours[sel], z[sel], err_msg=str(sel))
+    # whole chunks (an integer on a one-long chunk axis counts) in bulk; partial ones not
+    # (rows 4:8 are whole chunks but half a shard)
+    assert bulk == [True, True, shards is None, False]

@@ -33,7 +33,10 @@ _JOB_ERRORS = {
     3: "the data does not decode to the chunk's size",
     4: "out of memory",
 }
-_MIN_PART = 64  # reads per part below which a block is not split over threads
+# a block is split over threads when each part gets this many reads or decoded bytes
+# (few large reads, e.g. whole shards coalesced to 1 MiB ranges, are worth splitting too)
+_MIN_PART = 64
+_MIN_PART_BYTES = 4 << 20
 
 
 def kernel_codec(codec: ChunkCodec) -> int | None:
@@ -78,7 +81,8 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
         return int(ffi.cast("uintptr_t", plans[-1][0]))
 
     hook = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lsio_kernel_hook")))
-    parts = max(1, min(parts, n // _MIN_PART))
+    decoded = len(jobs.src_off) * codec.nbytes  # at most: chunks cut by the region count whole
+    parts = max(1, min(parts, n, max(n // _MIN_PART, decoded // _MIN_PART_BYTES)))
     batch = engine.read_hooked(jobs.paths, jobs.offsets, jobs.lengths, bufsize, hook,
                                make_ctx, parts)
     failed = np.flatnonzero(job_err)

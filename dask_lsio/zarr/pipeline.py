@@ -144,26 +144,71 @@ class LSIOCodecPipeline(CodecPipeline):
         """The box a batch of plain chunk selections tiles, when this read or write is ours."""
         if self.spec is None or not batch or not isinstance(out.as_ndarray_like(), np.ndarray):
             return None
-        spec = self.spec
-        lo, hi, root, ints = [], [], None, False
-        for getter, _, chunk_selection, _, _ in batch:
-            path = getattr(getter, "path", None)
-            if getattr(getter, "store", None) is None or path is None:
-                return None
-            coords, array_path = _coords(spec, path)
-            if coords is None or not _plain(chunk_selection):
-                return None
-            if root is None:
-                root = os.path.join(self.store_root, array_path)
-            a, b, has_int = _span(spec, coords, chunk_selection)
-            lo.append(a)
-            hi.append(b)
-            ints = ints or has_int
-        lo_a, hi_a = np.array(lo, np.int64), np.array(hi, np.int64)
-        box = tuple(slice(int(a), int(b)) for a, b in zip(lo_a.min(0), hi_a.max(0)))
-        if not _tiles(spec, box, len(batch)):  # sparse chunks: a box would read far more
+        if any(getattr(item[0], "store", None) is None for item in batch):
             return None
-        return _Box(dataclasses.replace(spec, root=root), box, lo_a, hi_a, ints, batch)
+        paths = [getattr(item[0], "path", None) for item in batch]
+        if None in paths:
+            return None
+        # zarr's own indexers mark chunks they select whole; those need no per-chunk parsing
+        bounds = _whole_chunks(self.spec, paths, batch) or _chunk_spans(self.spec, paths, batch)
+        if bounds is None:
+            return None
+        array_path, lo_a, hi_a, ints = bounds
+        box = tuple(slice(int(a), int(b)) for a, b in zip(lo_a.min(0), hi_a.max(0)))
+        if not _tiles(self.spec, box, len(batch)):  # sparse chunks: a box would read far more
+            return None
+        root = os.path.join(self.store_root, array_path)
+        return _Box(dataclasses.replace(self.spec, root=root), box, lo_a, hi_a, ints, batch)
+
+
+def _chunk_spans(spec: ArraySpec, paths: list[str], batch: list):
+    """Array path, first and one-past-last index per chunk and axis, and whether some
+    selection indexes with an integer: chunk by chunk; None unless every selection is plain."""
+    lo, hi, root, ints = [], [], None, False
+    for path, (_, _, chunk_selection, _, _) in zip(paths, batch):
+        coords, array_path = _coords(spec, path)
+        if coords is None or not _plain(chunk_selection):
+            return None
+        root = array_path if root is None else root
+        a, b, has_int = _span(spec, coords, chunk_selection)
+        lo.append(a)
+        hi.append(b)
+        ints = ints or has_int
+    return root, np.array(lo, np.int64), np.array(hi, np.int64), ints
+
+
+def _whole_chunks(spec: ArraySpec, paths: list[str], batch: list):
+    """As :func:`_chunk_spans`, for a batch whose chunks are all selected whole (zarr's
+    ``is_complete_chunk``): their bounds follow from their keys alone, parsed all at once.
+    None when some chunk is not whole or the keys do not all parse alike.
+
+    A whole-chunk selection is slices covering the chunk, or an integer where the chunk is
+    one element long: either way the box's memory layout is the same, so ``ints`` is False.
+    """
+    ndim = len(spec.shape)
+    if ndim == 0 or not all(item[4] for item in batch):
+        return None
+    first, array_path = _coords(spec, paths[0])
+    if first is None:
+        return None
+    joined = "/".join(paths)
+    tokens = (joined if spec.separator == "/" else joined.replace(spec.separator, "/")).split("/")
+    width = len(tokens) // len(paths)
+    if width * len(paths) != len(tokens) or width < ndim:
+        return None
+    table = np.array(tokens).reshape(len(paths), width)
+    if not (table[:, : width - ndim] == table[0, : width - ndim]).all():
+        return None  # not all keys of one array, in one key encoding
+    try:
+        coords = table[:, width - ndim :].astype(np.int64)
+    except ValueError:
+        return None
+    cells = np.array(spec.grid, np.int64)
+    shape = np.array(spec.shape, np.int64)
+    if tuple(coords[0]) != first or (coords < 0).any() or (coords * cells >= shape).any():
+        return None
+    lo = coords * cells
+    return array_path, lo, np.minimum(lo + cells, shape), False
 
 
 @dataclasses.dataclass
