@@ -21,7 +21,11 @@ blosc-lz4 and 1.85x with zstd. Four workloads:
             ``read()``; warm, A and B (issue 6). Memory is warm too: just before the clock
             starts, the worker writes and frees as much memory as the output needs (see
             ``touch_memory``: on this VM the first write of memory freed seconds earlier
-            costs 1.2-2.6 s per GiB, memory freed a moment ago 0.13 s);
+            costs 1.2-2.6 s per GiB, memory freed a moment ago 0.13 s); even so the page
+            faults of a fresh 1 GiB output make these runs vary by 2-3x on this VM;
+``array-out`` the same read into the reader's own output array, allocated and written once
+            per process: ``z.get_basic_selection(..., out=NDBuffer)`` (zarr, zarrs,
+            lsio-pipeline): the reader's own speed, without the page faults of its output;
 ``xsum``    ``xarray.open_zarr(view, consolidated=False)["v"].sum().compute()`` with zarr's
             default pipeline (zarr: plain xarray), zarrs' and ours (lsio-pipeline), against
             ``dask_lsio.open_zarr(view, ...)`` (dask_lsio); warm, A and B. The view is a Zarr
@@ -71,7 +75,8 @@ reader to another, and each process's memory is its own. Peak RSS is per timed r
 worker resets its high-water mark (``/proc/self/clear_refs``, "5") just before the run and
 reads ``VmHWM`` after it, so the number includes what the process already holds (imports,
 pools) plus what the run added; without clear_refs it falls back to ``ru_maxrss``, the peak
-of the worker's life. Readers take turns within every repeat, so drift hits them alike;
+of the worker's life. Readers take turns within every repeat, and the order of turns
+rotates from one repeat to the next, so drift and the previous run's effects hit them alike;
 cold runs drop the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``, root only)
 before each timed run; warm runs pre-read the dataset. Each (dataset, reader, workload)
 first runs once untimed (selections: the first 20), which also checks the result. Every
@@ -134,16 +139,17 @@ EMPTY = 2**64 - 1  # shard index entry of a missing inner chunk
 READERS = [
     "dask_lsio", "dask", "zarr", "zarrs", "lsio-pipeline", "tensorstore", "decode-only", "fio",
 ]
-WORKLOADS = ["scan", "select", "array", "xsum"]
+WORKLOADS = ["scan", "select", "array", "array-out", "xsum"]
 # who runs which workload; the rest of a workload's rows are "-" (decode-only: warm A, B)
 RUNS = {
     "scan": {"dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "decode-only"},
     "select": {"dask_lsio", "dask", "zarr", "zarrs", "tensorstore"},
     "array": {"zarr", "zarrs", "lsio-pipeline", "tensorstore"},
+    "array-out": {"zarr", "zarrs", "lsio-pipeline"},
     "xsum": {"dask_lsio", "zarr", "zarrs", "lsio-pipeline"},
 }
 # the row each workload's "x base" compares with: the stack its users have today
-BASE = {"scan": "dask", "select": "dask", "array": "zarr", "xsum": "zarr"}
+BASE = {"scan": "dask", "select": "dask", "array": "zarr", "array-out": "zarr", "xsum": "zarr"}
 XR_VAR = "v"  # the data variable of the xarray views
 XR_DIMS = ["time", "y", "x"]
 
@@ -400,6 +406,7 @@ class Job:
     sels: list[list[int]] | None = None
     check: bool = False
     xr: str | None = None  # the xarray view (xsum)
+    out: bool = False  # read into the reader's own, reused output (array-out)
 
 
 def make_job(ds: Dataset, workload: str, sels: list, check: bool) -> Job:
@@ -410,6 +417,7 @@ def make_job(ds: Dataset, workload: str, sels: list, check: bool) -> Job:
         list(s.shards) if s.shards else None,
         [list(x) for x in sels] if workload == "select" else None, check,
         str(ds.xr_root) if workload == "xsum" and ds.xr_root else None,
+        workload == "array-out",
     )
 
 
@@ -568,12 +576,22 @@ class ZarrPeer(Peer):
         return [z[t : t + 1, y : y + WINDOW, x : x + WINDOW][0] for t, y, x in job.sels]
 
     def array(self, job: Job) -> np.ndarray:
-        return self.open(job)[:]
+        """``z[:]``; array-out: ``z.get_basic_selection(..., out=)`` into a reused array."""
+        z = self.open(job)
+        if not job.out:
+            return z[:]
+        from zarr.core.buffer import default_buffer_prototype
+
+        out = default_buffer_prototype().nd_buffer.from_numpy_array(self.out)
+        return z.get_basic_selection(Ellipsis, out=out)
 
     def prepare(self, job: Job) -> None:
-        """xsum: check (untimed) that xarray's arrays will get the intended pipeline."""
+        """Untimed: xsum: check that xarray's arrays will get the intended pipeline;
+        array-out: the output array, allocated and written once per process."""
         if job.xr:
             self.open(job, os.path.join(job.xr, XR_VAR))
+        if job.out and getattr(self, "out", np.empty(0)).shape != tuple(job.shape):
+            self.out = np.zeros(job.shape, np.float32)
 
     def xsum(self, job: Job) -> tuple[float | None, int]:
         """``xarray.open_zarr`` with this reader's codec pipeline, default chunks."""
@@ -730,7 +748,7 @@ def serve(peer: Peer, op: str, job: Job) -> dict:
         value, nbytes = getattr(peer, op)(job)
         seconds = time.perf_counter() - t0
         reply = {"value": value, "nbytes": nbytes}
-    elif op == "array":
+    elif op in ("array", "array-out"):
         out = peer.array(job)
         seconds = time.perf_counter() - t0
         reply = {"value": float(out.sum(dtype=np.float64)), "nbytes": out.nbytes}
@@ -892,7 +910,7 @@ def applies(reader: str, ds: Dataset, workload: str, cache: str) -> bool:
     the whole-array and xarray workloads are warm runs of A and B."""
     if reader not in RUNS[workload]:
         return False
-    if reader == "decode-only" or workload in ("array", "xsum"):
+    if reader == "decode-only" or workload in ("array", "array-out", "xsum"):
         return cache == "warm" and ds.spec.codec != "none"
     return True
 
@@ -993,8 +1011,11 @@ def run_cache_state(
     if not cold:
         preread(ds)
     for rep in range(repeats):
+        # turns rotate between repeats: on this VM a run's speed depends on what ran just
+        # before it (memory the previous reader freed), so each reader takes each place
+        turn = workers[rep % len(workers):] + workers[: rep % len(workers)]
         for wl in jobs:
-            for w in workers:
+            for w in turn:
                 res = rows.get((wl, w.name))
                 if res is None or res.error:
                     continue
@@ -1031,10 +1052,10 @@ def find(results: list[Result], dataset: str, cache: str, workload: str, reader:
 def ceiling(results: list[Result], r: Result) -> Result | None:
     """What "x ceil" compares with: decode-only for a warm scan or whole array of A or B,
     else fio."""
-    if r.workload not in ("scan", "array"):
+    if r.workload not in ("scan", "array", "array-out"):
         return None
     if r.cache == "warm":
-        dec = find(results, r.dataset, "warm", "scan", "decode-only")
+        dec = find(results, r.dataset, "warm", "scan", "decode-only")  # also for arrays
         if dec is not None:
             return dec
     return find(results, r.dataset, r.cache, "scan", "fio")
@@ -1118,6 +1139,8 @@ def done_when(results: list[Result]) -> list[bench_io.Check]:
                   rel(d, "warm", "zarr", "array", "lsio-pipeline"), 5.0),
             Check(f"{d} warm z[:]: lsio-pipeline / zarrs pipeline",
                   rel(d, "warm", "zarrs", "array", "lsio-pipeline"), 1.2),
+            Check(f"{d} warm z[:] into a reused out=: lsio-pipeline / zarrs pipeline",
+                  rel(d, "warm", "zarrs", "array-out", "lsio-pipeline"), 1.2),
             Check(f"{d} warm xarray sum: dask_lsio.open_zarr / xarray.open_zarr",
                   rel(d, "warm", "zarr", "xsum"), 5.0),
         ]

@@ -6,6 +6,7 @@ from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
 from .errors import BatchIOError, EngineUnavailableError, LSIOError
 from .graph import from_zarr, open_zarr, to_zarr
 from .io import ReadRequest, get_engine
+from .loader import RandomCrops, iter_blocks
 
 
 def __getattr__(name: str):
@@ -14,6 +15,10 @@ def __getattr__(name: str):
         from .worker_plugin import LSIOWorkerPlugin
 
         return LSIOWorkerPlugin
+    if name == "TorchCrops":  # imports torch
+        from .loader import TorchCrops
+
+        return TorchCrops
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -27,10 +32,13 @@ __all__ = [
     "EngineUnavailableError",
     "LSIOError",
     "LSIOWorkerPlugin",
+    "RandomCrops",
     "ReadRequest",
+    "TorchCrops",
     "__version__",
     "from_zarr",
     "get_engine",
+    "iter_blocks",
     "open_zarr",
     "to_zarr",
 ]

@@ -113,7 +113,10 @@ static void copy_nd(const copy_shape *c, int k, const char *src, char *dst) {
         copy_nd(c, k + 1, src + i * c->sst[k], dst + i * c->dst[k]);
 }
 
-static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n) {
+/* Place job j. `held` is the job whose decoded chunk the scratch buffer holds (-1: none);
+ * a job of the same bytes reuses it, so a chunk several boxes need is decoded once (its
+ * jobs are consecutive in the plan). */
+static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, int64_t *held) {
     int64_t off = p->src_off[j];
     int64_t len = p->src_len[j] < 0 ? n - off : p->src_len[j];
     if (off < 0 || off + len > n) return LSIO_KERR_TRUNCATED;
@@ -129,8 +132,13 @@ static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n) 
         if (len != want) return LSIO_KERR_SIZE;
         src = data + off;
     } else {
-        int e = decode(p, data + off, len, p->scratch, want);
-        if (e) return e;
+        int64_t h = *held;
+        if (h < 0 || p->src_off[h] != p->src_off[j] || p->src_len[h] != p->src_len[j]) {
+            *held = -1;
+            int e = decode(p, data + off, len, p->scratch, want);
+            if (e) return e;
+            *held = j;
+        }
         src = p->scratch;
     }
     int64_t first = 0, s = p->itemsize;
@@ -142,8 +150,9 @@ static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n) 
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n) {
     lsio_kplan *p = ctx;
     int failed = 0;
+    int64_t held = -1; /* scratch is only reused within one read's data */
     for (int64_t j = p->job_at[idx]; j < p->job_at[idx + 1]; j++) {
-        p->job_err[j] = run_job(p, j, data, n);
+        p->job_err[j] = run_job(p, j, data, n, &held);
         failed |= p->job_err[j] != 0;
     }
     return failed;

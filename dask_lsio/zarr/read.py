@@ -102,6 +102,7 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
         if isinstance(buf, BaseException):
             failed.append((i, buf))  # list.append is atomic: safe from decode threads
             return
+        held: tuple[tuple[int, int], np.ndarray] | None = None  # the last chunk decoded whole
         for j in range(job_at[i], job_at[i + 1]):
             at = src_off[j]
             n = len(buf) - at if src_len[j] < 0 else src_len[j]
@@ -112,7 +113,11 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
             src = tuple(slice(a, a + c) for a, c in zip(start[j], count[j]))
             to = tuple(slice(a, a + c) for a, c in zip(dst[j], count[j]))
             t0 = time.perf_counter()
-            _place(codec, buf[at : at + n], key, out, src, to)
+            if held is not None and held[0] == (at, n):  # jobs of one chunk are adjacent
+                out[to + (Ellipsis,)] = held[1][src]
+            else:
+                decoded = _place(codec, buf[at : at + n], key, out, src, to)
+                held = None if decoded is None else ((at, n), decoded)
             busy.append(time.perf_counter() - t0)  # atomic, as above
 
     stream = engine.read_ranges(jobs.paths, jobs.offsets, jobs.lengths, errors="return",
@@ -123,13 +128,16 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
     return failed
 
 
-def _place(codec, buf: Any, key: str, out: np.ndarray, src, dst) -> None:
+def _place(codec, buf: Any, key: str, out: np.ndarray, src, dst) -> np.ndarray | None:
     """Decode a chunk into its place in ``out``: straight into it when the whole chunk lands
-    in a contiguous piece of ``out``, else through a scratch buffer and one copy."""
+    in a contiguous piece of ``out``, else through a scratch buffer and one copy. Returns
+    the decoded chunk in the second case (valid until this thread decodes again)."""
     target = out[dst + (Ellipsis,)]  # a view, also for 0-d arrays
     if target.size == codec.size and codec.decode_into(buf, key, target):
-        return
-    target[...] = codec.decode(buf, key)[src]
+        return None
+    decoded = codec.decode(buf, key)
+    target[...] = decoded[src]
+    return decoded
 
 
 def _fill_boxes(spec: ArraySpec, out: np.ndarray, dst: np.ndarray, count: np.ndarray) -> None:

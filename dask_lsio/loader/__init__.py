@@ -1,0 +1,17 @@
+"""Data loaders: random-crop batches for training (RandomCrops, and TorchCrops for a torch
+DataLoader) and ordered block streaming (iter_blocks)."""
+
+from .crops import RandomCrops
+from .stream import iter_blocks
+
+
+def __getattr__(name: str):
+    # torch is optional and slow to import: only those who ask for the adapter pay for it
+    if name == "TorchCrops":
+        from .torch_dataset import TorchCrops
+
+        return TorchCrops
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["RandomCrops", "TorchCrops", "iter_blocks"]

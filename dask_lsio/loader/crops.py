@@ -1,0 +1,141 @@
+"""RandomCrops: batches of random crops from one or several Zarr sources, for training."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..io import get_engine
+from ..zarr.boxes import read_boxes
+from .align import align, inside
+from .prefetch import prefetched
+from .sources import Source, make_sources
+
+Sampler = Callable[[np.random.Generator, int], Any]
+_MAX_DRAWS = 1000  # rounds of drawing before concluding that no location fits every source
+
+
+class RandomCrops:
+    """An iterable of batches of random crops, read straight from Zarr.
+
+    Every batch is a dict ``{source name: numpy array (batch_size, *crop)}``; the crops of
+    one example describe the same place and time in every source. All chunks a batch needs
+    (every crop) are read in one engine batch per source, each chunk decoded once however
+    many crops need it, and cut into the crops; the next batches are read in the
+    background.
+
+    Parameters
+    ----------
+    sources : object, list or dict
+        A path, ``zarr.Array``, ``dask_lsio.from_zarr`` array, ``xarray.DataArray`` or
+        ``xarray.Dataset`` (opened with ``dask_lsio.open_zarr``: one source per data
+        variable); several as a list or a dict name -> object. The first is the reference:
+        locations are sampled in its index space and mapped into the others through their
+        coordinates (see :mod:`dask_lsio.loader.align`).
+    crop : dict or tuple
+        Crop size per dimension name (``{"time": 8, "y": 64, "x": 64}``; dimensions not
+        named are taken whole), per axis (a tuple), or per source name (a dict of those).
+    batch_size : int
+        Examples per batch.
+    seed : int, optional
+        Makes every batch of every epoch reproducible (batch ``b`` of epoch ``e`` is drawn
+        from ``numpy.random.default_rng([seed, e, b])``, whatever the prefetching or the
+        number of DataLoader workers). None: a random seed, fixed at construction.
+    length : int
+        Batches per epoch (``len(crops)``); each ``iter()`` is the next epoch.
+    sampler : callable, optional
+        ``sampler(rng, n)`` returns ``n`` crop starts (an (n, ndim) integer array in the
+        reference source's index space), e.g. only daytime or only over land. Starts whose
+        crops do not fit every source are dropped and the sampler is asked again.
+    outside : {"skip", "pad"}
+        Crops that would reach outside a source are not sampled ("skip"), or are padded
+        with ``pad`` ("pad").
+    pad : scalar, optional
+        Value of padded elements (default: each array's fill_value).
+    prefetch : int
+        Batches read ahead in the background (memory: about ``prefetch + 1`` batches).
+    threads : int, optional
+        Decode threads per batch (default: every core).
+    """
+
+    def __init__(self, sources: Any, crop: Any, batch_size: int, seed: int | None = None,
+                 length: int = 1000, sampler: Sampler | None = None, outside: str = "skip",
+                 pad: Any = None, prefetch: int = 2, threads: int | None = None) -> None:
+        if outside not in ("skip", "pad"):
+            raise ValueError(f"outside must be 'skip' or 'pad', got {outside!r}")
+        if batch_size < 1 or length < 1 or prefetch < 0:
+            raise ValueError("batch_size and length must be >= 1, prefetch >= 0")
+        self.sources: list[Source] = make_sources(sources, crop)
+        self.batch_size = int(batch_size)
+        self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
+        self.length = int(length)
+        self.sampler = sampler
+        self.outside = outside
+        self.pad = pad
+        self.prefetch = int(prefetch)
+        self.threads = threads or os.cpu_count() or 1
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        return self.iter_epoch(epoch)
+
+    def iter_epoch(self, epoch: int, batches: range | None = None) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of ``epoch`` (all, or those numbered in ``batches``), in order."""
+        numbers = range(self.length) if batches is None else batches
+        thunks = ((lambda b=b: self.batch(epoch, b)) for b in numbers)
+        return prefetched(thunks, self.prefetch)
+
+    def batch(self, epoch: int, number: int) -> dict[str, np.ndarray]:
+        """Batch ``number`` of ``epoch``, read now (no prefetching)."""
+        starts = self.locations(epoch, number)
+        engine = get_engine()
+        return {
+            s.name: read_boxes(s.spec, starts[s.name], s.crop, pad=self.pad, engine=engine,
+                               threads=self.threads, indexes=s.indexes)
+            for s in self.sources
+        }
+
+    def locations(self, epoch: int, number: int) -> dict[str, np.ndarray]:
+        """Where the crops of a batch start in each source: (batch_size, ndim) indices."""
+        rng = np.random.default_rng([self.seed, epoch, number])
+        found: list[dict[str, np.ndarray]] = []
+        have = 0
+        for _ in range(_MAX_DRAWS):
+            starts = self._draw(rng, self.batch_size - have)
+            found.append(starts)
+            have += len(next(iter(starts.values())))
+            if have >= self.batch_size:
+                return {k: np.concatenate([f[k] for f in found])[: self.batch_size]
+                        for k in starts}
+        raise ValueError(
+            f"no crop location fits every source after {_MAX_DRAWS} draws: check that the "
+            "sources overlap in their coordinates and that the crops fit, or use outside='pad'")
+
+    def _draw(self, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+        """Up to ``n`` locations that fit (or all of ``n``, padding)."""
+        ref = self.sources[0]
+        want = n if self.outside == "pad" else 2 * n + 8  # extra: some will not fit
+        if self.sampler is not None:
+            starts = np.asarray(self.sampler(rng, want), np.int64).reshape(-1, len(ref.dims))
+        else:
+            high = np.maximum(np.array(ref.spec.shape) - np.array(ref.crop), 0)
+            starts = rng.integers(0, high, (want, len(high)), endpoint=True)
+        out = {ref.name: starts}
+        for s in self.sources[1:]:
+            out[s.name] = align(ref, s, starts, rng)
+        if self.outside == "skip":
+            ok = np.ones(len(starts), bool)
+            for s in self.sources:
+                ok &= inside(s, out[s.name])
+            out = {k: v[ok][:n] for k, v in out.items()}
+        return out
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{s.name}: {s.crop} of {s.spec.shape}" for s in self.sources)
+        return f"RandomCrops({parts}; batch_size={self.batch_size}, length={self.length})"

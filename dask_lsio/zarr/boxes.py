@@ -1,0 +1,200 @@
+"""Read many boxes of one Zarr array at once (the random crops of a training batch): one
+engine batch for every chunk they need, each chunk decoded once however many boxes need it,
+its parts placed straight into the boxes' output.
+
+The output stacks the boxes: ``out[b]`` is ``array[starts[b] : starts[b] + shape]``. For the
+read path (:mod:`.read`) it is one array whose first axis is ``len(starts) * shape[0]`` long,
+so a plan (:class:`._plan.Jobs`) places into it as into a region. A chunk that several boxes
+need is one read whose jobs are adjacent: the C kernel and the numcodecs path decode it once
+and copy its parts into each box.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
+
+from .. import config
+from ..io import Engine, get_engine
+from . import _plan
+from .read import _execute, _fill_boxes, _read_indexes
+from .spec import ArraySpec
+
+EMPTY = _plan.EMPTY
+
+
+class IndexCache:
+    """Shard indexes already read, so that the boxes of later batches need no index reads.
+
+    Parameters
+    ----------
+    spec : ArraySpec
+    capacity : int
+        Shards whose index is kept (least recently used ones are dropped).
+    """
+
+    def __init__(self, spec: ArraySpec, capacity: int = 16384) -> None:
+        self.spec = spec
+        self.capacity = capacity
+        self._index: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
+
+    def get(self, shards: np.ndarray, engine: Engine) -> list[np.ndarray | None]:
+        """The index of each shard (rows of grid positions); None for an absent shard."""
+        keys = [tuple(s) for s in shards.tolist()]
+        missing = [k for k in keys if k not in self._index]
+        if missing:
+            found = _read_indexes(self.spec, [self.spec.path(k) for k in missing], engine)
+            self._index.update(zip(missing, found))
+        out = []
+        for k in keys:
+            self._index.move_to_end(k)
+            out.append(self._index[k])
+        while len(self._index) > max(self.capacity, len(keys)):
+            self._index.popitem(last=False)
+        return out
+
+
+def read_boxes(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarray | None = None,
+               pad: Any = None, engine: Engine | None = None, threads: int | None = None,
+               indexes: IndexCache | None = None) -> np.ndarray:
+    """Boxes of ``shape`` at ``starts`` of ``spec``'s array, as one array (boxes, *shape).
+
+    Parameters
+    ----------
+    spec : ArraySpec
+    starts : array-like of int, (boxes, ndim)
+        First index of each box; a box may reach outside the array.
+    shape : tuple of int
+        The shape of every box.
+    out : numpy.ndarray, optional
+        C-contiguous (boxes, *shape) array of the array's dtype to read into.
+    pad : scalar, optional
+        The value of box elements outside the array (default: the array's fill_value).
+    engine : Engine, optional
+    threads : int, optional
+        Decode threads (default: the engine's).
+    indexes : IndexCache, optional
+        Shard indexes kept between calls (sharded arrays); a new one per call by default.
+
+    Returns
+    -------
+    numpy.ndarray
+    """
+    engine = engine or get_engine()
+    starts = np.asarray(starts, np.int64).reshape(-1, len(spec.shape))
+    shape = tuple(int(n) for n in shape)
+    full = (len(starts),) + shape
+    if out is None:
+        out = np.empty(full, spec.dtype)
+    elif out.shape != full or out.dtype != spec.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {spec.dtype} of shape {full}; got "
+                         f"{out.dtype} {out.shape}")
+    if out.size == 0:
+        return out
+    stacked = out.reshape((full[0] * shape[0],) + shape[1:])
+    _pad_outside(spec, starts, shape, out, spec.fill_value if pad is None else pad)
+    cells = _box_cells(spec, starts, shape)
+    if cells is not None:
+        jobs = _jobs(spec, cells, stacked, engine, indexes)
+        if jobs is not None:
+            _execute(spec, jobs, stacked, engine, threads or engine.decode_threads)
+    return out
+
+
+def _pad_outside(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...], out: np.ndarray,
+                 pad: Any) -> None:
+    """Set the boxes that reach outside the array to ``pad`` (their inside is read after)."""
+    outside = (starts < 0).any(axis=1) | (starts + shape > np.array(spec.shape)).any(axis=1)
+    for b in np.flatnonzero(outside).tolist():
+        out[b] = pad
+
+
+def _box_cells(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...]):
+    """Per (box, cell) pair: the cell's grid position, the part of it placed (start, count)
+    and where that part goes in the stacked output (dst); None when no box meets the array.
+
+    Cells are chunks, or inner chunks of a sharded array."""
+    cell = spec.shard.inner if spec.shard else spec.grid
+    limit = np.array(spec.shape, np.int64)
+    lo = np.clip(starts, 0, limit)
+    hi = np.clip(starts + np.array(shape, np.int64), 0, limit)
+    parts = []
+    for b in np.flatnonzero((hi > lo).all(axis=1)).tolist():
+        region = tuple(slice(int(a), int(z)) for a, z in zip(lo[b], hi[b]))
+        pos, start, count, dst = _plan.cell_boxes(region, cell)
+        dst = dst + (lo[b] - starts[b])
+        dst[:, 0] += b * shape[0]
+        parts.append((pos, start, count, dst))
+    if not parts:
+        return None
+    return tuple(np.concatenate(column) for column in zip(*parts))
+
+
+def _jobs(spec: ArraySpec, cells, out: np.ndarray, engine: Engine,
+          indexes: IndexCache | None) -> _plan.Jobs | None:
+    """The plan: one read per distinct chunk (or coalesced shard range), its boxes' jobs
+    adjacent."""
+    pos, start, count, dst = cells
+    units, which = np.unique(pos, axis=0, return_inverse=True)
+    which = which.reshape(-1)
+    if spec.shard is None:
+        order = np.argsort(which, kind="stable")
+        job_at = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(units)))])
+        n = len(units)
+        return _plan.Jobs(
+            [spec.path(c) for c in map(tuple, units.tolist())], np.zeros(n, np.int64),
+            np.full(n, -1, np.int64), job_at, np.zeros(len(order), np.int64),
+            np.full(len(order), -1, np.int64), start[order], count[order], dst[order],
+            hint=spec.codec.nbytes + 4096,
+        )
+    return _shard_jobs(spec, units, which, (start, count, dst), out, engine,
+                       indexes or IndexCache(spec))
+
+
+def _shard_jobs(spec: ArraySpec, units: np.ndarray, which: np.ndarray, boxes, out: np.ndarray,
+                engine: Engine, indexes: IndexCache) -> _plan.Jobs | None:
+    """Sharded arrays: the distinct inner chunks found in their shards' indexes, read as
+    coalesced byte ranges; absent ones fill their boxes with fill_value."""
+    start, count, dst = boxes
+    per_shard = np.array(spec.shard.per_shard(spec.grid), np.int64)
+    shards, shard_no = np.unique(units // per_shard, axis=0, return_inverse=True)
+    shard_no = shard_no.reshape(-1)
+    table = np.full((len(shards), int(np.prod(per_shard)), 2), EMPTY, np.uint64)
+    for s, idx in enumerate(indexes.get(shards, engine)):
+        if idx is not None:
+            table[s] = idx.reshape(-1, 2)
+    inner = np.ravel_multi_index(tuple((units % per_shard).T), tuple(per_shard))
+    entry = table[shard_no, inner]
+    absent = entry[:, 0] == EMPTY
+    gone = absent[which]
+    _fill_boxes(spec, out, dst[gone], count[gone])
+    keep = np.flatnonzero(~absent)
+    if not len(keep):
+        return None
+    offsets, lengths = entry[keep, 0].astype(np.int64), entry[keep, 1].astype(np.int64)
+    ranges = _plan.coalesce(shard_no[keep].tolist(), offsets.tolist(), lengths.tolist(),
+                            config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"))
+    read_of = np.empty(len(units), np.int64)  # each present unit's read, and place in it
+    rank = np.empty(len(units), np.int64)
+    starts = np.array([a for _, a, _ in ranges], np.int64)
+    for r, (_, _, members) in enumerate(ranges):
+        read_of[keep[members]] = r
+        rank[keep[members]] = np.arange(len(members))
+    rows = np.flatnonzero(~gone)
+    unit = which[rows]
+    rows = rows[np.lexsort((rank[unit], read_of[unit]))]  # by read, then place in the read
+    unit = which[rows]
+    at = read_of[unit]
+    job_at = np.concatenate([[0], np.cumsum(np.bincount(at, minlength=len(ranges)))])
+    src = entry[unit, 0].astype(np.int64)
+    ends = np.zeros(len(ranges), np.int64)
+    np.maximum.at(ends, at, src + entry[unit, 1].astype(np.int64))
+    paths = [spec.path(tuple(shards[s].tolist())) for s, _, _ in ranges]
+    return _plan.Jobs(
+        paths, starts, ends - starts, job_at, src - starts[at],
+        entry[unit, 1].astype(np.int64), start[rows], count[rows], dst[rows],
+        missing_is_fill=False,
+        key=lambda j, r: f"{paths[r]} bytes {src[j]}-{src[j] + int(entry[unit[j], 1])}",
+    )
