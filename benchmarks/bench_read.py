@@ -75,8 +75,9 @@ reader to another, and each process's memory is its own. Peak RSS is per timed r
 worker resets its high-water mark (``/proc/self/clear_refs``, "5") just before the run and
 reads ``VmHWM`` after it, so the number includes what the process already holds (imports,
 pools) plus what the run added; without clear_refs it falls back to ``ru_maxrss``, the peak
-of the worker's life. Readers take turns within every repeat, and the order of turns
-rotates from one repeat to the next, so drift and the previous run's effects hit them alike;
+of the worker's life. Workloads run one after another; within a workload, readers take
+turns in every repeat and the order of turns rotates from one repeat to the next, so drift
+and the previous run's effects hit them alike;
 cold runs drop the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``, root only)
 before each timed run; warm runs pre-read the dataset. Each (dataset, reader, workload)
 first runs once untimed (selections: the first 20), which also checks the result. Every
@@ -1010,23 +1011,23 @@ def run_cache_state(
     cold = cache == "cold"
     if not cold:
         preread(ds)
-    for rep in range(repeats):
-        # turns rotate between repeats: on this VM a run's speed depends on what ran just
-        # before it (memory the previous reader freed), so each reader takes each place
-        turn = workers[rep % len(workers):] + workers[: rep % len(workers)]
-        for wl in jobs:
-            for w in turn:
+    for wl in jobs:  # one workload after another: minutes of xarray runs between two
+        # whole-array reads changed the second one's speed by up to 2x on this VM
+        for rep in range(repeats):
+            # turns rotate between repeats: on this VM a run's speed depends on what ran just
+            # before it (memory the previous reader freed), so each reader takes each place
+            for w in workers[rep % len(workers):] + workers[: rep % len(workers)]:
                 res = rows.get((wl, w.name))
                 if res is None or res.error:
                     continue
                 if cold:
                     bench_io.drop_caches()
                 timed_run(w, jobs[wl], ds, res, expected)
-        if fio_res is not None and not fio_res.error:
-            if cold:
-                bench_io.drop_caches()
-            fio_run(fio, ds, cold, fio_res)
-        print(f"    {ds.spec.name} {cache} repeat {rep + 1}/{repeats} done", flush=True)
+            if wl == "scan" and fio_res is not None and not fio_res.error:
+                if cold:
+                    bench_io.drop_caches()
+                fio_run(fio, ds, cold, fio_res)
+            print(f"    {ds.spec.name} {cache} {wl} repeat {rep + 1}/{repeats} done", flush=True)
 
 
 def _in_table_order(results: list[Result], states: list[str]) -> list[Result]:

@@ -21,9 +21,9 @@ from dask_lsio.zarr.spec import spec_from_array
 
 def expected_boxes(values: np.ndarray, starts: np.ndarray, shape, pad) -> np.ndarray:
     """The boxes cut from the whole array, ``pad`` outside it."""
-    margin = [(s, s) for s in shape]
-    padded = np.pad(values, margin, constant_values=pad)
-    return np.stack([padded[tuple(slice(a + s, a + s + n) for a, s, n in zip(b, shape, shape))]
+    m = int(max(shape)) + int(np.abs(starts).max()) + 1  # room for any box on every side
+    padded = np.pad(values, m, constant_values=pad)
+    return np.stack([padded[tuple(slice(a + m, a + m + n) for a, n in zip(b, shape))]
                      for b in starts.tolist()])
 
 
@@ -59,8 +59,9 @@ def test_one_batch_each_chunk_decoded_once(tmp_path):
     got = read_boxes(spec, starts, (2, 24, 24), engine=engine)
     np.testing.assert_array_equal(got, expected_boxes(values, starts, (2, 24, 24), 0))
     assert engine.stats["batches"] == before["batches"] + 1
-    # distinct chunks: boxes 0 and 1 share all 8, box 2 needs 4 (two of them box 0's)
-    assert engine.stats["requests"] - before["requests"] == 8 + 2 + 4
+    # distinct chunks: boxes 0 and 1 share all 8, box 2 needs 4 (two of them box 0's),
+    # box 3 one (its second step is outside the array)
+    assert engine.stats["requests"] - before["requests"] == 8 + 2 + 1
 
 
 def test_sharded_indexes_are_kept_between_calls(tmp_path):
@@ -89,3 +90,35 @@ def test_corrupt_chunk_is_named(tmp_path):
     spec = spec_from_array(str(tmp_path / "a"), z)
     with pytest.raises(ChunkDecodeError, match="c/1/0"):
         read_boxes(spec, [[0, 0], [2, 1]], (2, 3))
+
+
+def test_several_arrays_in_one_batch(tmp_path):
+    """RandomCrops' multi-source read: two arrays, two codecs, one engine batch; a missing
+    chunk of the second is fill_value, a corrupt one names its path."""
+    from zarr.codecs import ZstdCodec
+
+    from dask_lsio.zarr.boxes import read_boxes_many
+
+    rng = np.random.default_rng(2)
+    a_vals = rng.random((6, 32, 32)).astype("float32")
+    b_vals = rng.integers(0, 1000, (3, 16, 16)).astype("int16")
+    a = zarr.create_array(tmp_path / "a", shape=a_vals.shape, chunks=(1, 8, 8), dtype="float32",
+                          compressors=BloscCodec(cname="lz4"))
+    b = zarr.create_array(tmp_path / "b", shape=b_vals.shape, chunks=(1, 4, 4), dtype="int16",
+                          compressors=ZstdCodec(), fill_value=-7)
+    a[...], b[...] = a_vals, b_vals
+    (tmp_path / "b" / "c" / "0" / "0" / "0").unlink()
+    b_vals[0, :4, :4] = -7
+    specs = spec_from_array(str(tmp_path / "a"), a), spec_from_array(str(tmp_path / "b"), b)
+    starts_a, starts_b = np.array([[0, 3, 5], [2, 20, 1]]), np.array([[0, 0, 0], [1, 9, 9]])
+    engine = get_engine()
+    before = engine.stats["batches"]
+    got_a, got_b = read_boxes_many([(specs[0], starts_a, (3, 10, 10), None, None),
+                                    (specs[1], starts_b, (2, 6, 6), None, None)], engine)
+    assert engine.stats["batches"] == before + 1
+    np.testing.assert_array_equal(got_a, expected_boxes(a_vals, starts_a, (3, 10, 10), 0))
+    np.testing.assert_array_equal(got_b, expected_boxes(b_vals, starts_b, (2, 6, 6), -7))
+    (tmp_path / "b" / "c" / "1" / "2" / "2").write_bytes(b"not zstd")
+    with pytest.raises(ChunkDecodeError, match="b/c/1/2/2"):
+        read_boxes_many([(specs[0], starts_a, (3, 10, 10), None, None),
+                         (specs[1], starts_b, (2, 6, 6), None, None)], engine)

@@ -231,6 +231,7 @@ class IoUringEngine(Engine):
         hook: int,
         make_ctx: Callable[[int], int],
         parts: int = 1,
+        spans: list[tuple[int, int]] | None = None,
     ) -> _batch.Batch:
         """Read ranges and hand each one's bytes to a C hook in the ring's thread.
 
@@ -253,6 +254,10 @@ class IoUringEngine(Engine):
         parts : int
             Split the batch into this many contiguous parts run at once on the submitter
             threads, each on its own ring (and core).
+        spans : list of (int, int), optional
+            The parts as explicit ``[lo, hi)`` bounds instead (covering the batch), e.g. one
+            or more per array when the batch reads several arrays with their own hooks'
+            contexts.
 
         Returns
         -------
@@ -270,7 +275,7 @@ class IoUringEngine(Engine):
         reqs = ffi.new("lsio_req[]", n)
         keep = _fill(reqs, batch)
         c_hook = ffi.cast("lsio_hook", hook)
-        spans = _spans(n, parts)
+        spans = spans or _spans(n, parts)
 
         def run(lo: int, hi: int) -> None:
             ring = self._acquire()

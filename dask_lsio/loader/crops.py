@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..io import get_engine
-from ..zarr.boxes import read_boxes
+from ..zarr.boxes import read_boxes_many
 from .align import align, inside
 from .prefetch import prefetched
 from .sources import Source, make_sources
@@ -22,9 +22,10 @@ class RandomCrops:
 
     Every batch is a dict ``{source name: numpy array (batch_size, *crop)}``; the crops of
     one example describe the same place and time in every source. All chunks a batch needs
-    (every crop) are read in one engine batch per source, each chunk decoded once however
-    many crops need it, and cut into the crops; the next batches are read in the
-    background.
+    (every crop of every source) are read in one engine batch (one per source where a
+    source's codecs need numcodecs rather than the C kernel), each chunk decoded once
+    however many crops need it and placed straight into the crops; the next batches are
+    read in the background.
 
     Parameters
     ----------
@@ -94,12 +95,9 @@ class RandomCrops:
     def batch(self, epoch: int, number: int) -> dict[str, np.ndarray]:
         """Batch ``number`` of ``epoch``, read now (no prefetching)."""
         starts = self.locations(epoch, number)
-        engine = get_engine()
-        return {
-            s.name: read_boxes(s.spec, starts[s.name], s.crop, pad=self.pad, engine=engine,
-                               threads=self.threads, indexes=s.indexes)
-            for s in self.sources
-        }
+        reads = [(s.spec, starts[s.name], s.crop, self.pad, s.indexes) for s in self.sources]
+        crops = read_boxes_many(reads, get_engine(), self.threads)
+        return {s.name: c for s, c in zip(self.sources, crops)}
 
     def locations(self, epoch: int, number: int) -> dict[str, np.ndarray]:
         """Where the crops of a batch start in each source: (batch_size, ndim) indices."""

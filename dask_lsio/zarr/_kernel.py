@@ -69,7 +69,6 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
     ChunkDecodeError
         For the first chunk the kernel could not decode, naming its key and the codecs.
     """
-    n = len(jobs.paths)
     plan_keep = _plan_arrays(jobs, out)
     job_err = plan_keep["job_err"]
     hint = jobs.hint or 1  # (O_DIRECT capacities include the aligned start and end)
@@ -80,18 +79,69 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
         plans.append(_plan(plan_keep, out, codec, code, lo))
         return int(ffi.cast("uintptr_t", plans[-1][0]))
 
-    hook = int(ffi.cast("uintptr_t", ffi.addressof(lib, "lsio_kernel_hook")))
+    batch = engine.read_hooked(jobs.paths, jobs.offsets, jobs.lengths, bufsize, _hook(),
+                               make_ctx, _parts(jobs, codec, parts))
+    _raise_job_error(jobs, codec, job_err)
+    return batch, np.flatnonzero(batch.err)
+
+
+def run_many(plans: list[tuple[Jobs, np.ndarray, ChunkCodec, int]], engine: Any,
+             parts: int) -> tuple[Any, list[np.ndarray]]:
+    """:func:`run` for several plans (of several arrays) in ONE engine batch: each plan's
+    reads form their own parts, whose hook contexts decode with that plan's codec into its
+    output. Returns the batch (plan after plan) and each plan's failed reads, as indices
+    into the batch."""
+    base = np.cumsum([0] + [len(j.paths) for j, _, _, _ in plans])
+    keep = [_plan_arrays(j, out) for j, out, _, _ in plans]
+    spans = []
+    for k, (jobs, _, codec, _) in enumerate(plans):
+        spans += [(int(base[k] + lo), int(base[k] + hi))
+                  for lo, hi in _local_spans(len(jobs.paths), _parts(jobs, codec, parts))]
+    bufsize = max(int(read_capacities(j.offsets, j.lengths, j.hint or 1, engine.direct_io).max())
+                  for j, _, _, _ in plans)
+    made: list[Any] = []
+
+    def make_ctx(lo: int) -> int:
+        k = int(np.searchsorted(base, lo, side="right") - 1)
+        _, out, codec, code = plans[k]
+        made.append(_plan(keep[k], out, codec, code, lo - int(base[k])))
+        return int(ffi.cast("uintptr_t", made[-1][0]))
+
+    paths = [p for j, _, _, _ in plans for p in j.paths]
+    batch = engine.read_hooked(paths, np.concatenate([j.offsets for j, _, _, _ in plans]),
+                               np.concatenate([j.lengths for j, _, _, _ in plans]), bufsize,
+                               _hook(), make_ctx, spans=spans)
+    for (jobs, _, codec, _), arrays in zip(plans, keep):
+        _raise_job_error(jobs, codec, arrays["job_err"])
+    failed = np.flatnonzero(batch.err)
+    return batch, [failed[(failed >= a) & (failed < b)] for a, b in zip(base[:-1], base[1:])]
+
+
+def _hook() -> int:
+    return int(ffi.cast("uintptr_t", ffi.addressof(lib, "lsio_kernel_hook")))
+
+
+def _parts(jobs: Jobs, codec: ChunkCodec, parts: int) -> int:
+    """Parts (threads) a plan is worth splitting into: each gets ``_MIN_PART`` reads or
+    ``_MIN_PART_BYTES`` of decoding."""
+    n = len(jobs.paths)
     decoded = len(jobs.src_off) * codec.nbytes  # at most: chunks cut by the region count whole
-    parts = max(1, min(parts, n, max(n // _MIN_PART, decoded // _MIN_PART_BYTES)))
-    batch = engine.read_hooked(jobs.paths, jobs.offsets, jobs.lengths, bufsize, hook,
-                               make_ctx, parts)
+    return max(1, min(parts, n, max(n // _MIN_PART, decoded // _MIN_PART_BYTES)))
+
+
+def _local_spans(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def _raise_job_error(jobs: Jobs, codec: ChunkCodec, job_err: np.ndarray) -> None:
+    """The first chunk the kernel could not decode, as a ChunkDecodeError naming it."""
     failed = np.flatnonzero(job_err)
     if len(failed):
         j = int(failed[0])
         read = int(np.searchsorted(jobs.job_at, j, side="right") - 1)
         reason = _JOB_ERRORS.get(int(job_err[j]), "failed")
         raise ChunkDecodeError(jobs.job_key(j, read), codec.names, reason)
-    return batch, np.flatnonzero(batch.err)
 
 
 def _plan_arrays(jobs: Jobs, out: np.ndarray) -> dict[str, np.ndarray]:

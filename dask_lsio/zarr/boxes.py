@@ -19,7 +19,7 @@ import numpy as np
 from .. import config
 from ..io import Engine, get_engine
 from . import _plan
-from .read import _execute, _fill_boxes, _read_indexes
+from .read import _execute_many, _fill_boxes, _read_indexes
 from .spec import ArraySpec
 
 EMPTY = _plan.EMPTY
@@ -82,7 +82,34 @@ def read_boxes(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.nda
     -------
     numpy.ndarray
     """
+    return read_boxes_many([(spec, starts, shape, pad, indexes)], engine, threads, [out])[0]
+
+
+def read_boxes_many(reads: list[tuple], engine: Engine | None = None,
+                    threads: int | None = None, outs: list | None = None) -> list[np.ndarray]:
+    """:func:`read_boxes` of several arrays at once, in ONE engine batch when the C kernel
+    decodes them all (else one batch per array).
+
+    ``reads`` holds ``(spec, starts, shape, pad, indexes)`` per array; ``outs`` optional
+    output arrays (or None) in the same order.
+    """
     engine = engine or get_engine()
+    outs = outs or [None] * len(reads)
+    results, plans = [], []
+    for (spec, starts, shape, pad, indexes), out in zip(reads, outs):
+        out, stacked, jobs = _prepare(spec, starts, shape, out, pad, engine, indexes)
+        results.append(out)
+        if jobs is not None:
+            plans.append((spec, jobs, stacked))
+    if plans:
+        _execute_many(plans, engine, threads or engine.decode_threads)
+    return results
+
+
+def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarray | None,
+             pad: Any, engine: Engine, indexes: IndexCache | None):
+    """The output (padded where boxes leave the array), its stacked view, and the plan
+    (None: nothing to read)."""
     starts = np.asarray(starts, np.int64).reshape(-1, len(spec.shape))
     shape = tuple(int(n) for n in shape)
     full = (len(starts),) + shape
@@ -92,15 +119,12 @@ def read_boxes(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.nda
         raise ValueError(f"out must be C-contiguous {spec.dtype} of shape {full}; got "
                          f"{out.dtype} {out.shape}")
     if out.size == 0:
-        return out
+        return out, out, None
     stacked = out.reshape((full[0] * shape[0],) + shape[1:])
     _pad_outside(spec, starts, shape, out, spec.fill_value if pad is None else pad)
     cells = _box_cells(spec, starts, shape)
-    if cells is not None:
-        jobs = _jobs(spec, cells, stacked, engine, indexes)
-        if jobs is not None:
-            _execute(spec, jobs, stacked, engine, threads or engine.decode_threads)
-    return out
+    jobs = None if cells is None else _jobs(spec, cells, stacked, engine, indexes)
+    return out, stacked, jobs
 
 
 def _pad_outside(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...], out: np.ndarray,

@@ -83,6 +83,30 @@ def _execute(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray, engine: Engine,
         failed = [(i, batch.error(i)) for i in failed_reads.tolist()]
     else:
         failed = _decode_numcodecs(spec, jobs, out, engine, threads)
+    _settle(spec, jobs, out, failed)
+
+
+def _execute_many(plans: list[tuple[ArraySpec, _plan.Jobs, np.ndarray]], engine: Engine,
+                  threads: int) -> None:
+    """Run the plans of several arrays: in ONE engine batch when the kernel decodes them
+    all, else one after the other."""
+    codes = [_kernel.kernel_codec(spec.codec) for spec, _, _ in plans]
+    if len(plans) < 2 or None in codes or not _kernel.engine_runs_hooks(engine):
+        for spec, jobs, out in plans:
+            _execute(spec, jobs, out, engine, threads)
+        return
+    batch_plans = [(jobs, out, spec.codec, code) for (spec, jobs, out), code in zip(plans, codes)]
+    batch, failed_reads = _kernel.run_many(batch_plans, engine, threads)
+    first = 0
+    for (spec, jobs, out), failed in zip(plans, failed_reads):
+        _settle(spec, jobs, out, [(i - first, batch.error(i)) for i in failed.tolist()])
+        first += len(jobs.paths)
+
+
+def _settle(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
+            failed: list[tuple[int, BaseException]]) -> None:
+    """Failed reads: a missing chunk object is fill_value (when the plan says so); anything
+    else is raised, naming the array."""
     for i, exc in sorted(failed, key=lambda f: f[0]):
         if not (jobs.missing_is_fill and isinstance(exc, FileNotFoundError)):
             _reraise(spec, exc)
