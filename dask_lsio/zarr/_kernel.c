@@ -44,6 +44,23 @@ static int decode_blosc(const char *src, int64_t n, char *dst, int64_t want) {
     return got == want ? 0 : LSIO_KERR_SIZE;
 }
 
+/* Decode only the bytes [lo, hi) of a blosc chunk into dst + lo: the blocks holding them
+ * (a crop that needs a few rows of a chunk decodes those rows, not the chunk). */
+static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want, int64_t lo,
+                             int64_t hi) {
+    size_t nbytes = 0, ts = 0;
+    int flags = 0;
+    if (n < BLOSC_MIN_HEADER_LENGTH || blosc_cbuffer_validate(src, (size_t)n, &nbytes) < 0)
+        return LSIO_KERR_CORRUPT;
+    if ((int64_t)nbytes != want) return LSIO_KERR_SIZE;
+    blosc_cbuffer_metainfo(src, &ts, &flags);
+    if (ts < 1) ts = 1;
+    int64_t first = lo / (int64_t)ts, last = (hi + (int64_t)ts - 1) / (int64_t)ts;
+    int64_t got = blosc_getitem(src, (int)first, (int)(last - first), dst + first * (int64_t)ts);
+    if (got < 0) return LSIO_KERR_CORRUPT;
+    return got == (last - first) * (int64_t)ts ? 0 : LSIO_KERR_SIZE;
+}
+
 static int decode_zlib(const char *src, int64_t n, char *dst, int64_t want) {
     z_stream z;
     memset(&z, 0, sizeof(z));
@@ -113,10 +130,25 @@ static void copy_nd(const copy_shape *c, int k, const char *src, char *dst) {
         copy_nd(c, k + 1, src + i * c->sst[k], dst + i * c->dst[k]);
 }
 
+/* Byte range [lo, hi) of the decoded chunk that a selection (start, count) spans. */
+static void sel_span(const lsio_kplan *p, const int64_t *start, const int64_t *count, int64_t *lo,
+                     int64_t *hi) {
+    int64_t a = 0, b = 0, s = p->itemsize;
+    for (int d = p->ndim - 1; d >= 0; d--) {
+        a += start[d] * s;
+        b += (start[d] + count[d] - 1) * s;
+        s *= p->chunk_shape[d];
+    }
+    *lo = a;
+    *hi = b + p->itemsize;
+}
+
 /* Place job j. `held` is the job whose decoded chunk the scratch buffer holds (-1: none);
  * a job of the same bytes reuses it, so a chunk several boxes need is decoded once (its
- * jobs are consecutive in the plan). */
-static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, int64_t *held) {
+ * jobs are consecutive in the plan). A blosc chunk only this job needs is decoded in part:
+ * the blocks its selection spans (`shared`: the next job needs the same chunk). */
+static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, int64_t *held,
+                   int shared) {
     int64_t off = p->src_off[j];
     int64_t len = p->src_len[j] < 0 ? n - off : p->src_len[j];
     if (off < 0 || off + len > n) return LSIO_KERR_TRUNCATED;
@@ -133,7 +165,15 @@ static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, 
         src = data + off;
     } else {
         int64_t h = *held;
-        if (h < 0 || p->src_off[h] != p->src_off[j] || p->src_len[h] != p->src_len[j]) {
+        if (h >= 0 && p->src_off[h] == p->src_off[j] && p->src_len[h] == p->src_len[j]) {
+            /* the scratch buffer holds this chunk already */
+        } else if (p->codec == LSIO_CODEC_BLOSC && !shared) {
+            int64_t lo, hi;
+            sel_span(p, start, count, &lo, &hi);
+            *held = -1; /* a part only: not for other jobs */
+            int e = decode_blosc_part(data + off, len, p->scratch, want, lo, hi);
+            if (e) return e;
+        } else {
             *held = -1;
             int e = decode(p, data + off, len, p->scratch, want);
             if (e) return e;
@@ -151,8 +191,11 @@ int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n) {
     lsio_kplan *p = ctx;
     int failed = 0;
     int64_t held = -1; /* scratch is only reused within one read's data */
-    for (int64_t j = p->job_at[idx]; j < p->job_at[idx + 1]; j++) {
-        p->job_err[j] = run_job(p, j, data, n, &held);
+    int64_t end = p->job_at[idx + 1];
+    for (int64_t j = p->job_at[idx]; j < end; j++) {
+        int shared = j + 1 < end && p->src_off[j + 1] == p->src_off[j] &&
+                     p->src_len[j + 1] == p->src_len[j];
+        p->job_err[j] = run_job(p, j, data, n, &held, shared);
         failed |= p->job_err[j] != 0;
     }
     return failed;

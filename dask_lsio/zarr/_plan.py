@@ -70,7 +70,7 @@ def chunk_jobs(spec: ArraySpec, region: tuple[slice, ...]) -> Jobs:
     pos, start, count, dst = cell_boxes(region, spec.grid)
     n = len(pos)
     return Jobs(
-        [spec.path(c) for c in map(tuple, pos.tolist())],
+        spec.paths(pos),
         np.zeros(n, np.int64), np.full(n, -1, np.int64), np.arange(n + 1, dtype=np.int64),
         np.zeros(n, np.int64), np.full(n, -1, np.int64), start, count, dst,
         hint=spec.codec.nbytes + 4096,  # compressors rarely expand more than their header

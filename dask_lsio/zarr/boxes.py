@@ -110,6 +110,8 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
              pad: Any, engine: Engine, indexes: IndexCache | None):
     """The output (padded where boxes leave the array), its stacked view, and the plan
     (None: nothing to read)."""
+    if not spec.shape:
+        raise ValueError(f"boxes of a 0-d array ({spec.root}) are the array itself: read it")
     starts = np.asarray(starts, np.int64).reshape(-1, len(spec.shape))
     shape = tuple(int(n) for n in shape)
     full = (len(starts),) + shape
@@ -139,21 +141,42 @@ def _box_cells(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...]):
     """Per (box, cell) pair: the cell's grid position, the part of it placed (start, count)
     and where that part goes in the stacked output (dst); None when no box meets the array.
 
-    Cells are chunks, or inner chunks of a sharded array."""
-    cell = spec.shard.inner if spec.shard else spec.grid
+    Cells are chunks, or inner chunks of a sharded array. All boxes at once: along each axis
+    a box meets at most ``k`` cells; the (boxes, k_0, ..., k_n) candidates past a box's own
+    last cell are dropped."""
+    cell = np.array(spec.shard.inner if spec.shard else spec.grid, np.int64)
     limit = np.array(spec.shape, np.int64)
     lo = np.clip(starts, 0, limit)
     hi = np.clip(starts + np.array(shape, np.int64), 0, limit)
-    parts = []
-    for b in np.flatnonzero((hi > lo).all(axis=1)).tolist():
-        region = tuple(slice(int(a), int(z)) for a, z in zip(lo[b], hi[b]))
-        pos, start, count, dst = _plan.cell_boxes(region, cell)
-        dst = dst + (lo[b] - starts[b])
-        dst[:, 0] += b * shape[0]
-        parts.append((pos, start, count, dst))
-    if not parts:
+    meets = (hi > lo).all(axis=1)
+    if not meets.any():
         return None
-    return tuple(np.concatenate(column) for column in zip(*parts))
+    boxes = np.flatnonzero(meets)
+    lo, hi, starts = lo[boxes], hi[boxes], starts[boxes]
+    first, last = lo // cell, (hi - 1) // cell
+    k = (last - first + 1).max(axis=0)
+    ndim = len(cell)
+    columns = []  # per axis: (pos, start, count, dst) of shape (boxes, k_axis)
+    for a in range(ndim):
+        pos = first[:, a, None] + np.arange(k[a])
+        a_lo = np.maximum(pos * cell[a], lo[:, a, None])
+        a_hi = np.minimum(pos * cell[a] + cell[a], hi[:, a, None])
+        dst = a_lo - starts[:, a, None]
+        if a == 0:
+            dst = dst + boxes[:, None] * shape[0]
+        columns.append((pos, a_lo - pos * cell[a], a_hi - a_lo, dst, pos <= last[:, a, None]))
+    full = (len(boxes),) + tuple(int(x) for x in k)
+
+    def spread(a: int, values: np.ndarray) -> np.ndarray:
+        view = [len(boxes)] + [1] * ndim
+        view[a + 1] = int(k[a])
+        return np.broadcast_to(values.reshape(view), full)
+
+    valid = np.ones(full, bool)
+    for a in range(ndim):
+        valid &= spread(a, columns[a][4])
+    return tuple(np.stack([spread(a, columns[a][f])[valid] for a in range(ndim)], axis=1)
+                 for f in range(4))
 
 
 def _jobs(spec: ArraySpec, cells, out: np.ndarray, engine: Engine,
@@ -168,7 +191,7 @@ def _jobs(spec: ArraySpec, cells, out: np.ndarray, engine: Engine,
         job_at = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(units)))])
         n = len(units)
         return _plan.Jobs(
-            [spec.path(c) for c in map(tuple, units.tolist())], np.zeros(n, np.int64),
+            spec.paths(units), np.zeros(n, np.int64),
             np.full(n, -1, np.int64), job_at, np.zeros(len(order), np.int64),
             np.full(len(order), -1, np.int64), start[order], count[order], dst[order],
             hint=spec.codec.nbytes + 4096,
