@@ -209,3 +209,22 @@ def test_torch_dataloader_workers_share_batches_without_duplicates(cube):
     assert found == list(range(10))  # every batch of the epoch once, none twice
     data.set_epoch(1)
     assert not np.array_equal(next(iter(data))["a.zarr"].numpy(), want[0])
+
+
+def test_batches_read_on_a_local_cluster_equal_local_ones(cube):
+    distributed = pytest.importorskip("distributed")
+    path, _ = cube
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        client.register_plugin(dask_lsio.LSIOWorkerPlugin())
+        remote = RandomCrops(path, (2, 8, 8), batch_size=4, seed=5, length=5, client=client)
+        local = RandomCrops(path, (2, 8, 8), batch_size=4, seed=5, length=5)
+        pairs = list(zip(remote, local))
+        assert len(pairs) == 5
+        for r, l in pairs:
+            np.testing.assert_array_equal(r["a.zarr"], l["a.zarr"])
+        totals = client.run(lambda dask_worker: dask_worker.plugins["dask-lsio"].totals(
+            dask_worker))
+        (worker_totals,) = totals.values()
+        assert worker_totals["lsio-read [objects]"] > 0  # read by the worker's engine

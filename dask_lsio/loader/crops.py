@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -59,11 +60,16 @@ class RandomCrops:
         Batches read ahead in the background (memory: about ``prefetch + 1`` batches).
     threads : int, optional
         Decode threads per batch (default: every core).
+    client : distributed.Client, optional
+        Read the batches on the cluster's workers (each through its worker's engine, with
+        LSIOWorkerPlugin registered), ``prefetch`` of them in flight; the locations are
+        still drawn here, so the batches are the same as without a client.
     """
 
     def __init__(self, sources: Any, crop: Any, batch_size: int, seed: int | None = None,
                  length: int = 1000, sampler: Sampler | None = None, outside: str = "skip",
-                 pad: Any = None, prefetch: int = 2, threads: int | None = None) -> None:
+                 pad: Any = None, prefetch: int = 2, threads: int | None = None,
+                 client: Any = None) -> None:
         if outside not in ("skip", "pad"):
             raise ValueError(f"outside must be 'skip' or 'pad', got {outside!r}")
         if batch_size < 1 or length < 1 or prefetch < 0:
@@ -76,7 +82,8 @@ class RandomCrops:
         self.outside = outside
         self.pad = pad
         self.prefetch = int(prefetch)
-        self.threads = threads or os.cpu_count() or 1
+        self.threads = threads
+        self.client = client
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -89,15 +96,33 @@ class RandomCrops:
     def iter_epoch(self, epoch: int, batches: range | None = None) -> Iterator[dict[str, np.ndarray]]:
         """The batches of ``epoch`` (all, or those numbered in ``batches``), in order."""
         numbers = range(self.length) if batches is None else batches
+        if self.client is not None:
+            return self._on_cluster(epoch, numbers)
         thunks = ((lambda b=b: self.batch(epoch, b)) for b in numbers)
         return prefetched(thunks, self.prefetch)
 
     def batch(self, epoch: int, number: int) -> dict[str, np.ndarray]:
-        """Batch ``number`` of ``epoch``, read now (no prefetching)."""
-        starts = self.locations(epoch, number)
-        reads = [(s.spec, starts[s.name], s.crop, self.pad, s.indexes) for s in self.sources]
-        crops = read_boxes_many(reads, get_engine(), self.threads)
-        return {s.name: c for s, c in zip(self.sources, crops)}
+        """Batch ``number`` of ``epoch``, read now in this process (no prefetching)."""
+        return read_batch(self.sources, self.locations(epoch, number), self.pad, self.threads)
+
+    def _on_cluster(self, epoch: int, numbers: range) -> Iterator[dict[str, np.ndarray]]:
+        """The batches read by the client's workers, in order, ``prefetch`` in flight."""
+        sources = self.client.scatter(self.sources, broadcast=True, hash=False)
+        pending: deque = deque()
+        todo = iter(numbers)
+        for b in todo:
+            pending.append(self.client.submit(read_batch, sources, self.locations(epoch, b),
+                                              self.pad, self.threads, pure=False))
+            if len(pending) > self.prefetch:
+                break
+        while pending:
+            future = pending.popleft()
+            following = next(todo, None)
+            if following is not None:
+                pending.append(self.client.submit(
+                    read_batch, sources, self.locations(epoch, following), self.pad,
+                    self.threads, pure=False))
+            yield future.result()
 
     def locations(self, epoch: int, number: int) -> dict[str, np.ndarray]:
         """Where the crops of a batch start in each source: (batch_size, ndim) indices."""
@@ -134,6 +159,19 @@ class RandomCrops:
             out = {k: v[ok][:n] for k, v in out.items()}
         return out
 
+    def __getstate__(self) -> dict:  # a client does not travel (DataLoader workers)
+        return self.__dict__ | {"client": None}
+
     def __repr__(self) -> str:
         parts = ", ".join(f"{s.name}: {s.crop} of {s.spec.shape}" for s in self.sources)
         return f"RandomCrops({parts}; batch_size={self.batch_size}, length={self.length})"
+
+
+def read_batch(sources: list[Source], starts: dict[str, np.ndarray], pad: Any = None,
+               threads: int | None = None) -> dict[str, np.ndarray]:
+    """The crops at ``starts`` (per source name) of every source, in one engine batch of
+    this process's (or this worker's) engine, decoded on ``threads`` threads (default:
+    every core)."""
+    reads = [(s.spec, starts[s.name], s.crop, pad, s.indexes) for s in sources]
+    crops = read_boxes_many(reads, get_engine(), threads or os.cpu_count() or 1)
+    return {s.name: c for s, c in zip(sources, crops)}

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any, Iterator
 
+import dask
 import numpy as np
+from dask.utils import parse_bytes
 
-from ..graph.from_zarr import block_chunks
 from ..zarr.read import read_region
 from ..zarr.spec import ArraySpec, local_root, spec_from_array
 from .prefetch import prefetched
@@ -27,8 +28,9 @@ def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int =
     ----------
     array : dask_lsio.from_zarr array, xarray.DataArray, zarr.Array, path, or dask array
         What to stream. Its blocks: a dask array's chunks along ``axis``; for a Zarr array,
-        the blocks ``dask_lsio.from_zarr`` would make. Other dask arrays are computed block
-        by block.
+        whole chunks (shards) along ``axis`` adding up to about a quarter of dask's
+        ``array.chunk-size`` (small enough that a few in flight stay in recycled memory).
+        Other dask arrays are computed block by block.
     axis : int
     ordered : bool
     prefetch : int
@@ -66,7 +68,17 @@ def _blocks(array: Any, axis: int) -> tuple[ArraySpec | None, list[slice]]:
     root, arr = local_root(array, None)
     spec = spec_from_array(root, arr)
     axis = _axis(axis, len(spec.shape))
-    return spec, _slices(block_chunks(spec)[axis])
+    return spec, _slices(_steps(spec, axis))
+
+
+def _steps(spec: ArraySpec, axis: int) -> tuple[int, ...]:
+    """Block lengths along ``axis``: whole grid cells, about a quarter of array.chunk-size."""
+    cell = spec.grid[axis]
+    per_cell = spec.dtype.itemsize * int(np.prod(spec.shape)) // max(spec.shape[axis], 1) * cell
+    target = parse_bytes(dask.config.get("array.chunk-size")) // 4
+    step = cell * max(1, target // max(per_cell, 1))
+    n = spec.shape[axis]
+    return tuple(min(step, n - a) for a in range(0, n, step)) or (0,)
 
 
 def _axis(axis: int, ndim: int) -> int:
