@@ -44,6 +44,14 @@ def encode_paths(paths: Sequence[str]) -> tuple[bytes, np.ndarray]:
     return blob, starts
 
 
+def spans(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[lo, hi)`` bounds of at most ``parts`` contiguous, non-empty parts of ``n`` requests
+    (one part when ``n`` is 0)."""
+    parts = max(1, min(parts, n))
+    bounds = [n * i // parts for i in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def round_up(x: np.ndarray | int, a: int) -> Any:
     return (x + a - 1) // a * a
 

@@ -32,17 +32,9 @@ _STEP = 4096  # finished indices handed to Python per step
 _MIN_PART = 1024  # requests per submitter thread below which a batch is not split
 
 
-def _spans(n: int, parts: int) -> list[tuple[int, int]]:
-    """``[lo, hi)`` bounds of at most ``parts`` contiguous, non-empty parts of ``n`` requests
-    (one part when ``n`` is 0)."""
-    parts = max(1, min(parts, n))
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
 def _split(n: int, threads: int) -> list[tuple[int, int]]:
     """Contiguous parts of a batch of ``n`` requests, one per submitter thread."""
-    return _spans(n, min(threads, n // _MIN_PART))
+    return _batch.spans(n, min(threads, n // _MIN_PART))
 
 
 class _Ring:
@@ -275,7 +267,7 @@ class IoUringEngine(Engine):
         reqs = ffi.new("lsio_req[]", n)
         keep = _fill(reqs, batch)
         c_hook = ffi.cast("lsio_hook", hook)
-        spans = spans or _spans(n, parts)
+        spans = spans or _batch.spans(n, parts)
 
         def run(lo: int, hi: int) -> None:
             ring = self._acquire()

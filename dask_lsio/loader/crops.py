@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import deque
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -62,8 +61,8 @@ class RandomCrops:
         Decode threads per batch (default: every core).
     client : distributed.Client, optional
         Read the batches on the cluster's workers (each through its worker's engine, with
-        LSIOWorkerPlugin registered), ``prefetch`` of them in flight; the locations are
-        still drawn here, so the batches are the same as without a client.
+        LSIOWorkerPlugin registered), ``prefetch + 1`` of them in flight; the locations
+        are still drawn here, so the batches are the same as without a client.
     """
 
     def __init__(self, sources: Any, crop: Any, batch_size: int, seed: int | None = None,
@@ -106,23 +105,17 @@ class RandomCrops:
         return read_batch(self.sources, self.locations(epoch, number), self.pad, self.threads)
 
     def _on_cluster(self, epoch: int, numbers: range) -> Iterator[dict[str, np.ndarray]]:
-        """The batches read by the client's workers, in order, ``prefetch`` in flight."""
+        """The batches read by the client's workers, in order, ``prefetch + 1`` in flight
+        (each waited for on a thread of its own)."""
         sources = self.client.scatter(self.sources, broadcast=True, hash=False)
-        pending: deque = deque()
-        todo = iter(numbers)
-        for b in todo:
-            pending.append(self.client.submit(read_batch, sources, self.locations(epoch, b),
-                                              self.pad, self.threads, pure=False))
-            if len(pending) > self.prefetch:
-                break
-        while pending:
-            future = pending.popleft()
-            following = next(todo, None)
-            if following is not None:
-                pending.append(self.client.submit(
-                    read_batch, sources, self.locations(epoch, following), self.pad,
-                    self.threads, pure=False))
-            yield future.result()
+
+        def remote(b: int) -> dict[str, np.ndarray]:
+            return self.client.submit(read_batch, sources, self.locations(epoch, b), self.pad,
+                                      self.threads, pure=False).result()
+
+        depth = self.prefetch + 1
+        thunks = ((lambda b=b: remote(b)) for b in numbers)
+        return prefetched(thunks, depth, workers=depth)
 
     def locations(self, epoch: int, number: int) -> dict[str, np.ndarray]:
         """Where the crops of a batch start in each source: (batch_size, ndim) indices."""

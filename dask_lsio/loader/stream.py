@@ -9,6 +9,7 @@ import dask
 import numpy as np
 from dask.utils import parse_bytes
 
+from ..errors import LSIOError
 from ..zarr.read import read_region
 from ..zarr.spec import ArraySpec, local_root, spec_from_array
 from .prefetch import prefetched
@@ -62,7 +63,7 @@ def _blocks(array: Any, axis: int) -> tuple[ArraySpec | None, list[slice]]:
         axis = _axis(axis, ndim)
         try:
             spec = _spec_of_dask(array, "array")
-        except Exception:  # noqa: BLE001 - any other dask array: computed by dask
+        except LSIOError:  # any other dask array: computed by dask
             spec = None
         return spec, _slices(array.chunks[axis])
     root, arr = local_root(array, None)

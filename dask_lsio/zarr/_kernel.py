@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ChunkDecodeError
 from ..io import Engine
-from ..io._batch import read_capacities
+from ..io._batch import read_capacities, spans as part_spans
 from ._plan import Jobs
 from .codecs import ChunkCodec
 
@@ -96,7 +96,7 @@ def run_many(plans: list[tuple[Jobs, np.ndarray, ChunkCodec, int]], engine: Any,
     spans = []
     for k, (jobs, _, codec, _) in enumerate(plans):
         spans += [(int(base[k] + lo), int(base[k] + hi))
-                  for lo, hi in _local_spans(len(jobs.paths), _parts(jobs, codec, parts))]
+                  for lo, hi in part_spans(len(jobs.paths), _parts(jobs, codec, parts))]
     bufsize = max(int(read_capacities(j.offsets, j.lengths, j.hint or 1, engine.direct_io).max())
                   for j, _, _, _ in plans)
     made: list[Any] = []
@@ -127,11 +127,6 @@ def _parts(jobs: Jobs, codec: ChunkCodec, parts: int) -> int:
     n = len(jobs.paths)
     decoded = len(jobs.src_off) * codec.nbytes  # at most: chunks cut by the region count whole
     return max(1, min(parts, n, max(n // _MIN_PART, decoded // _MIN_PART_BYTES)))
-
-
-def _local_spans(n: int, parts: int) -> list[tuple[int, int]]:
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def _raise_job_error(jobs: Jobs, codec: ChunkCodec, job_err: np.ndarray) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from .. import config
 from ..io import Engine, get_engine
 from . import _plan
-from .read import _execute_many, _fill_boxes, _output, _read_indexes
+from .read import _execute_many, _fill_boxes, _read_indexes, output_for
 from .spec import ArraySpec
 
 EMPTY = _plan.EMPTY
@@ -115,11 +115,8 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
     starts = np.asarray(starts, np.int64).reshape(-1, len(spec.shape))
     shape = tuple(int(n) for n in shape)
     full = (len(starts),) + shape
-    if out is None:  # recycled memory: a batch a few ms long must not pay its page faults
-        out = _output(full, spec.dtype, engine)
-    elif out.shape != full or out.dtype != spec.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous {spec.dtype} of shape {full}; got "
-                         f"{out.dtype} {out.shape}")
+    # recycled memory: a batch a few ms long must not pay its page faults
+    out = output_for(full, spec.dtype, engine, out)
     if out.size == 0:
         return out, out, None
     stacked = out.reshape((full[0] * shape[0],) + shape[1:])

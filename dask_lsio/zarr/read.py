@@ -31,12 +31,7 @@ def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | Non
     on ``threads`` threads (default: the engine's ``decode_threads``; a caller that is the
     only reader, not one of several dask tasks, can use every core)."""
     engine = engine or get_engine()
-    shape = tuple(s.stop - s.start for s in region)
-    if out is None:
-        out = _output(shape, spec.dtype, engine)
-    elif out.shape != shape or out.dtype != spec.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous {spec.dtype} of shape {shape}; got "
-                         f"{out.dtype} {out.shape}")
+    out = output_for(tuple(s.stop - s.start for s in region), spec.dtype, engine, out)
     with metrics.timed(engine.totals, "lsio-read"):
         return _read(spec, region, engine, out, threads or engine.decode_threads)
 
@@ -57,6 +52,17 @@ def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine, out: np.nd
         _fill_boxes(spec, out, dst, count)
     if jobs is not None:
         _execute(spec, jobs, out, engine, threads)
+    return out
+
+
+def output_for(shape: tuple[int, ...], dtype: np.dtype, engine: Engine,
+               out: np.ndarray | None) -> np.ndarray:
+    """``out`` checked to be C-contiguous ``dtype`` of ``shape``, or a new recycled array."""
+    if out is None:
+        return _output(shape, dtype, engine)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {dtype} of shape {shape}; got "
+                         f"{out.dtype} {out.shape}")
     return out
 
 
