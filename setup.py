@@ -3,8 +3,9 @@ and runs (``python -m dask_lsio info`` says what is missing and why).
 
 - ``dask_lsio.io._uring_ext``, the io_uring engine, needs liburing (liburing-dev); without
   it the thread engine is used.
-- ``dask_lsio.zarr._kernel_ext``, the decode kernel, needs c-blosc, libzstd and zlib
-  (libblosc-dev, libzstd-dev, zlib1g-dev); without it chunks are decoded with numcodecs.
+- ``dask_lsio.zarr._kernel_ext``, the decode kernel, needs c-blosc, liblz4, libzstd and zlib
+  (libblosc-dev, liblz4-dev, libzstd-dev, zlib1g-dev); without it chunks are decoded with
+  numcodecs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ URING_PROBE = """#include <liburing.h>
 int main(void){struct io_uring r; return io_uring_queue_init(1,&r,0) < 0;}
 """
 KERNEL_PROBE = """#include <blosc.h>
+#include <lz4.h>
 #include <zstd.h>
 #include <zlib.h>
 int main(void){size_t n; return blosc_cbuffer_validate("", 0, &n) + (int)ZSTD_versionNumber()
-    + (zlibVersion() == 0);}
+    + (zlibVersion() == 0) + LZ4_versionNumber();}
 """
 
 
@@ -52,11 +54,12 @@ else:
         "dask-lsio: liburing headers not found (apt-get install liburing-dev); "
         "building without the io_uring engine, the thread engine will be used\n"
     )
-if _links("KERNEL", KERNEL_PROBE, ["blosc", "zstd", "z"]):
+if _links("KERNEL", KERNEL_PROBE, ["blosc", "lz4", "zstd", "z"]):
     modules.append("dask_lsio/_cffi_build.py:kernel_ffi")
 else:
     sys.stderr.write(
-        "dask-lsio: c-blosc/zstd/zlib headers not found (apt-get install libblosc-dev "
-        "libzstd-dev zlib1g-dev); building without the decode kernel, numcodecs decodes\n"
+        "dask-lsio: c-blosc/lz4/zstd/zlib headers not found (apt-get install libblosc-dev "
+        "liblz4-dev libzstd-dev zlib1g-dev); building without the decode kernel, numcodecs "
+        "decodes\n"
     )
 setup(cffi_modules=modules)

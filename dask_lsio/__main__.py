@@ -51,7 +51,7 @@ def _decode_path(engine) -> str:
 
     if _kernel.lib is None:
         return ("numcodecs (built without the decode kernel: apt-get install libblosc-dev "
-                "libzstd-dev zlib1g-dev, then reinstall dask-lsio)")
+                "liblz4-dev libzstd-dev zlib1g-dev, then reinstall dask-lsio)")
     if not _kernel.engine_runs_hooks(engine):
         return "numcodecs (the C decode kernel runs inside io_uring batches only)"
     return "C kernel for blosc, zstd, gzip/zlib and uncompressed chunks; numcodecs otherwise"

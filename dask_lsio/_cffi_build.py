@@ -35,9 +35,9 @@ _IO = TOP / "dask_lsio" / "io"
 _ZARR = TOP / "dask_lsio" / "zarr"
 # the io_uring engine's core (liburing)
 uring_ffi = _builder("dask_lsio.io._uring_ext", _IO / "_uring.h", _IO / "_uring.c", ["uring"])
-# the decode kernel (c-blosc, libzstd, zlib)
+# the decode kernel (c-blosc, liblz4 for parts of blosc-LZ4 chunks, libzstd, zlib)
 kernel_ffi = _builder("dask_lsio.zarr._kernel_ext", _ZARR / "_kernel.h", _ZARR / "_kernel.c",
-                      ["blosc", "zstd", "z"])
+                      ["blosc", "lz4", "zstd", "z"])
 
 if __name__ == "__main__":
     import os

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the system packages dask-lsio builds and benchmarks with: liburing-dev (the io_uring
-# engine is compiled against it), libblosc-dev, libzstd-dev and zlib1g-dev (the decode kernel)
-# and fio (the IO benchmark's device ceiling).
+# engine is compiled against it), libblosc-dev, liblz4-dev, libzstd-dev and zlib1g-dev (the
+# decode kernel) and fio (the IO benchmark's device ceiling).
 # Runs apt-get only when something is missing, we are root, and LSIO_NO_APT is not set;
 # otherwise it says what is missing and carries on (the thread engine works without liburing).
 set -euo pipefail
@@ -9,6 +9,7 @@ set -euo pipefail
 missing=()
 [ -f /usr/include/liburing.h ] || missing+=(liburing-dev)
 [ -f /usr/include/blosc.h ] || missing+=(libblosc-dev)
+[ -f /usr/include/lz4.h ] || missing+=(liblz4-dev)
 [ -f /usr/include/zstd.h ] || missing+=(libzstd-dev)
 [ -f /usr/include/zlib.h ] || missing+=(zlib1g-dev)
 command -v fio >/dev/null 2>&1 || missing+=(fio)

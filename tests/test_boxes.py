@@ -122,3 +122,96 @@ def test_several_arrays_in_one_batch(tmp_path):
     with pytest.raises(ChunkDecodeError, match="b/c/1/2/2"):
         read_boxes_many([(specs[0], starts_a, (3, 10, 10), None, None),
                          (specs[1], starts_b, (2, 6, 6), None, None)], engine)
+
+
+def _blosc_values(shape, dtype, rng) -> np.ndarray:
+    """Repeating values, one in ten a little off: every layout compresses."""
+    ramp = np.arange(int(np.prod(shape))).reshape(shape) % 251
+    noise = rng.integers(0, 4, shape) * (rng.random(shape) < 0.1)
+    return (ramp * 3 + noise).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype,typesize", [
+    ("uint8", None), ("int16", None), ("float32", None), ("float64", None),
+    ("complex128", None), ("float32", 2), ("int32", 8), ("random float32", None)])
+@pytest.mark.parametrize("shuffle", ["shuffle", "noshuffle", "bitshuffle"])
+@pytest.mark.parametrize("blocksize", [0, 256, 4096])
+def test_parts_of_blosc_chunks_equal_zarr_python(tmp_path, dtype, typesize, shuffle, blocksize):
+    """Crops that need part of a chunk: the kernel decodes the LZ4 stream prefixes they need
+    and unshuffles only what it places (split and unsplit blocks, streams stored raw (random
+    low bytes), several blocks and a shorter last one, typesize not the item size);
+    bitshuffle and chunks stored raw go through c-blosc."""
+    rng = np.random.default_rng(7)
+    noisy = dtype == "random float32"
+    if noisy:
+        dtype, values = "float32", rng.random((5, 45, 38)).astype("float32")
+    else:
+        values = _blosc_values((5, 45, 38), dtype, rng)
+    codec = BloscCodec(cname="lz4", clevel=5, shuffle=shuffle, blocksize=blocksize,
+                       typesize=typesize)
+    z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(2, 37, 29), dtype=dtype,
+                          compressors=codec)
+    z[...] = values
+    flags = (tmp_path / "a" / "c" / "0" / "0" / "0").read_bytes()[2]
+    assert flags >> 5 == 1  # LZ4 (stored raw, flag 0x2, where it does not compress)
+    assert shuffle != "shuffle" or noisy or not flags & 0x2
+    spec = spec_from_array(str(tmp_path / "a"), z)
+    starts = np.stack([rng.integers(-1, n, 40) for n in values.shape], axis=1)
+    pad = np.array(9).astype(dtype)[()]
+    for shape in [(1, 5, 7), (2, 20, 3), (3, 40, 30)]:
+        got = read_boxes(spec, starts, shape, pad=pad)  # chunks several boxes share
+        np.testing.assert_array_equal(got, expected_boxes(values, starts, shape, 9))
+        for one in starts[:12]:  # chunks one box needs: decoded in part
+            got = read_boxes(spec, one[None], shape, pad=pad)
+            np.testing.assert_array_equal(got, expected_boxes(values, one[None], shape, 9))
+
+
+def test_parts_of_unsplit_blosc_lz4_chunks(tmp_path):
+    """c-blosc can write LZ4 blocks unsplit (one shuffled stream a block: BLOSC_SPLITMODE
+    NEVER); the kernel then decodes each block up to its last needed byte plane."""
+    import ctypes
+    import ctypes.util
+
+    lib = ctypes.util.find_library("blosc")
+    if lib is None:
+        pytest.skip("libblosc not found to write unsplit chunks")
+    blosc = ctypes.CDLL(lib)
+    blosc.blosc_set_splitmode(2)  # BLOSC_NEVER_SPLIT (process-wide in this c-blosc)
+    values = _blosc_values((4, 64, 64), "float32", np.random.default_rng(3))
+    z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 64, 64),
+                          dtype="float32", compressors=BloscCodec(cname="lz4", blocksize=8192))
+    z[...] = values
+    try:
+        for t in range(4):  # recompress each chunk unsplit, with the system's c-blosc
+            raw = np.ascontiguousarray(values[t])
+            dest = ctypes.create_string_buffer(raw.nbytes + 16)
+            n = blosc.blosc_compress(5, 1, 4, ctypes.c_size_t(raw.nbytes),
+                                     raw.ctypes.data_as(ctypes.c_void_p), dest,
+                                     ctypes.c_size_t(raw.nbytes + 16))
+            assert n > 0 and dest.raw[2] & 0x10  # the no-split flag
+            (tmp_path / "a" / "c" / str(t) / "0" / "0").write_bytes(dest.raw[:n])
+    finally:
+        blosc.blosc_set_splitmode(4)  # c-blosc's default, BLOSC_FORWARD_COMPAT_SPLIT
+    spec = spec_from_array(str(tmp_path / "a"), z)
+    starts = np.array([[0, 0, 0], [1, 30, 5], [2, 50, 60], [3, 63, 0]])
+    got = read_boxes(spec, starts, (1, 9, 9))
+    np.testing.assert_array_equal(got, expected_boxes(values, starts, (1, 9, 9), 0))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "stream size"])
+def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage):
+    values = _blosc_values((1, 64, 64), "float32", np.random.default_rng(4))
+    z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 64, 64),
+                          dtype="float32", compressors=BloscCodec(cname="lz4"))
+    z[...] = values
+    chunk = tmp_path / "a" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    if damage == "truncated":
+        del data[-100:]
+    else:  # the first stream's compressed size runs past the chunk
+        first = int.from_bytes(data[16:20], "little")
+        data[first:first + 4] = (len(data)).to_bytes(4, "little")
+    chunk.write_bytes(bytes(data))
+    spec = spec_from_array(str(tmp_path / "a"), z)
+    with pytest.raises(ChunkDecodeError, match="c/0/0/0"):
+        read_boxes(spec, [[0, 0, 0]], (1, 4, 4))  # the first rows only
