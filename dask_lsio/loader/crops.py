@@ -98,7 +98,9 @@ class RandomCrops:
         if self.client is not None:
             return self._on_cluster(epoch, numbers)
         thunks = ((lambda b=b: self.batch(epoch, b)) for b in numbers)
-        return prefetched(thunks, self.prefetch)
+        # two batches at once: one's planning (Python, one core) overlaps the other's
+        # reading and decoding (C, every core); +5% crops/s on 2 cores
+        return prefetched(thunks, self.prefetch, workers=min(self.prefetch, 2) or 1)
 
     def batch(self, epoch: int, number: int) -> dict[str, np.ndarray]:
         """Batch ``number`` of ``epoch``, read now in this process (no prefetching)."""
