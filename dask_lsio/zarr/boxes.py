@@ -181,7 +181,11 @@ def _jobs(spec: ArraySpec, cells, out: np.ndarray, engine: Engine,
     """The plan: one read per distinct chunk (or coalesced shard range), its boxes' jobs
     adjacent."""
     pos, start, count, dst = cells
-    units, which = np.unique(pos, axis=0, return_inverse=True)
+    # distinct cells by their flat index (np.unique of rows compares bytes: 10x slower)
+    counts = tuple(-(-n // c) for n, c in zip(spec.shape, spec.shard.inner if spec.shard
+                                              else spec.grid))
+    ids, which = np.unique(np.ravel_multi_index(tuple(pos.T), counts), return_inverse=True)
+    units = np.stack(np.unravel_index(ids, counts), axis=1)
     which = which.reshape(-1)
     if spec.shard is None:
         order = np.argsort(which, kind="stable")
