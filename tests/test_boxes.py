@@ -215,3 +215,28 @@ def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage):
     spec = spec_from_array(str(tmp_path / "a"), z)
     with pytest.raises(ChunkDecodeError, match="c/0/0/0"):
         read_boxes(spec, [[0, 0, 0]], (1, 4, 4))  # the first rows only
+
+
+def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
+    """``lsio-decoded``: a whole read decodes every chunk; a crop of a chunk's first rows
+    decodes the prefix of each byte plane only; one of its last rows, the whole chunk."""
+    values = _blosc_values((2, 128, 128), "float32", np.random.default_rng(5))
+    z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 128, 128),
+                          dtype="float32", compressors=BloscCodec(cname="lz4"))
+    z[...] = values
+    spec, engine = spec_from_array(str(tmp_path / "a"), z), get_engine()
+
+    def decoded(read) -> float:
+        before = engine.totals.snapshot().get(("lsio-decoded", "bytes"), 0)
+        read()
+        return engine.totals.snapshot()[("lsio-decoded", "bytes")] - before
+
+    from dask_lsio.zarr.read import read_region
+
+    assert decoded(lambda: read_region(spec, (slice(0, 2), slice(0, 128), slice(0, 128)),
+                                       engine)) == values.nbytes
+    # rows 0-15, columns 0-15: elements up to 15 * 128 + 16 of each of the 4 byte planes
+    assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \
+        4 * (15 * 128 + 16)
+    assert decoded(lambda: read_boxes(spec, [[1, 100, 0]], (1, 16, 16), engine=engine)) == \
+        128 * 128 * 4

@@ -51,7 +51,7 @@ static int decode_blosc(const char *src, int64_t n, char *dst, int64_t want) {
 /* Decode only the bytes [lo, hi) of a blosc chunk into dst + lo: the blocks holding them
  * (a crop that needs a few rows of a chunk decodes those rows, not the chunk). */
 static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want, int64_t lo,
-                             int64_t hi) {
+                             int64_t hi, int64_t *decoded) {
     size_t nbytes = 0, ts = 0;
     int flags = 0;
     if (n < BLOSC_MIN_HEADER_LENGTH || blosc_cbuffer_validate(src, (size_t)n, &nbytes) < 0)
@@ -62,6 +62,7 @@ static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want
     int64_t first = lo / (int64_t)ts, last = (hi + (int64_t)ts - 1) / (int64_t)ts;
     int64_t got = blosc_getitem(src, (int)first, (int)(last - first), dst + first * (int64_t)ts);
     if (got < 0) return LSIO_KERR_CORRUPT;
+    *decoded += got;
     return got == (last - first) * (int64_t)ts ? 0 : LSIO_KERR_SIZE;
 }
 
@@ -137,7 +138,8 @@ static int64_t needed_end(const blosc_view *v, int64_t nq, int64_t e0, int64_t e
 /* Decode what elements [e0, e1) of block k need into out (the block's buffer, shuffled or
  * not): the buffer is `nsplits` streams of consecutive bytes, each decoded up to its last
  * needed byte, and streams holding none of them not at all. */
-static int read_block_part(const blosc_view *v, int64_t k, int64_t e0, int64_t e1, char *out) {
+static int read_block_part(const blosc_view *v, int64_t k, int64_t e0, int64_t e1, char *out,
+                           int64_t *decoded) {
     int64_t bsize = block_size(v, k), nq = bsize / v->ts;
     int split = !v->nosplit && v->ts <= BLOSC_MAX_SPLITS && nq >= BLOSC_MIN_SPLIT &&
                 bsize == v->blocksize; /* c-blosc never splits the last, shorter block */
@@ -152,6 +154,7 @@ static int read_block_part(const blosc_view *v, int64_t k, int64_t e0, int64_t e
         char *dst = out + j * neblock;
         if (target > 0 && cb == neblock) { /* stored raw */
             memcpy(dst, v->src + at, (size_t)target);
+            *decoded += target;
         } else if (target > 0) {
             /* liblz4's partial decoder is ~2.5x slower a byte than its full one (no fast
              * loop): worth it for a short prefix only */
@@ -162,6 +165,7 @@ static int read_block_part(const blosc_view *v, int64_t k, int64_t e0, int64_t e
                           : LZ4_decompress_safe(in, dst, (int)cb, (int)neblock);
             if (got < 0) return LSIO_KERR_CORRUPT;
             if (got < target) return LSIO_KERR_SIZE;
+            *decoded += got;
         }
         at += cb;
     }
@@ -169,11 +173,13 @@ static int read_block_part(const blosc_view *v, int64_t k, int64_t e0, int64_t e
 }
 
 /* Decode what the bytes [lo, hi) of the chunk need into scratch, block k at k * blocksize. */
-static int read_lz4_part(const blosc_view *v, int64_t lo, int64_t hi, char *scratch) {
+static int read_lz4_part(const blosc_view *v, int64_t lo, int64_t hi, char *scratch,
+                         int64_t *decoded) {
     for (int64_t k = lo / v->blocksize; k * v->blocksize < hi; k++) {
         int64_t start = k * v->blocksize, bsize = block_size(v, k);
         int64_t first = lo > start ? lo - start : 0, end = hi < start + bsize ? hi - start : bsize;
-        int e = read_block_part(v, k, first / v->ts, (end + v->ts - 1) / v->ts, scratch + start);
+        int e = read_block_part(v, k, first / v->ts, (end + v->ts - 1) / v->ts, scratch + start,
+                                decoded);
         if (e) return e;
     }
     return 0;
@@ -253,15 +259,18 @@ static int decode_zlib(const char *src, int64_t n, char *dst, int64_t want) {
 }
 
 static int decode(const lsio_kplan *p, const char *src, int64_t n, char *dst, int64_t want) {
+    int e;
     switch (p->codec) {
-    case LSIO_CODEC_BLOSC: return decode_blosc(src, n, dst, want);
-    case LSIO_CODEC_ZSTD: return decode_zstd(src, n, dst, want);
-    case LSIO_CODEC_ZLIB: return decode_zlib(src, n, dst, want);
+    case LSIO_CODEC_BLOSC: e = decode_blosc(src, n, dst, want); break;
+    case LSIO_CODEC_ZSTD: e = decode_zstd(src, n, dst, want); break;
+    case LSIO_CODEC_ZLIB: e = decode_zlib(src, n, dst, want); break;
     default:
         if (n != want) return LSIO_KERR_SIZE;
         memcpy(dst, src, (size_t)want);
         return 0;
     }
+    if (!e) *p->decoded += want;
+    return e;
 }
 
 /* The copy of a job's selection, merged into as few dimensions as possible: runs of `run`
@@ -354,9 +363,9 @@ static int decode_part(const lsio_kplan *p, int64_t j, const char *src, int64_t 
     sel_span(p, start, start + p->ndim, &lo, &hi);
     int fast = blosc_lz4_view(src, len, want, view);
     if (fast < 0) return -fast;
-    if (!fast) return decode_blosc_part(src, len, p->scratch, want, lo, hi);
+    if (!fast) return decode_blosc_part(src, len, p->scratch, want, lo, hi, p->decoded);
     s->view = view;
-    return read_lz4_part(view, lo, hi, p->scratch);
+    return read_lz4_part(view, lo, hi, p->scratch, p->decoded);
 }
 
 /* Place job j: decoded straight into the output when it is the whole chunk landing in a

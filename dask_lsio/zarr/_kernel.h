@@ -36,6 +36,7 @@ typedef struct lsio_kplan {
     const int64_t *sel;     /* per job: ndim starts, then ndim counts, within the chunk */
     int32_t *job_err;       /* per job, out: 0 or LSIO_KERR_* */
     char *scratch;          /* one decoded chunk, for chunks that are not placed whole */
+    int64_t *decoded;       /* out: bytes the codecs produced (chunks or their parts) */
 } lsio_kplan;
 
 /* Which LSIO_CODEC_* this build decodes: bit (1 << codec). */

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import metrics
 from ..errors import ChunkDecodeError
 from ..io import Engine
 from ..io._batch import read_capacities, spans as part_spans
@@ -81,6 +82,7 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
 
     batch = engine.read_hooked(jobs.paths, jobs.offsets, jobs.lengths, bufsize, _hook(),
                                make_ctx, _parts(jobs, codec, parts))
+    _record_decoded(engine, plans)
     _raise_job_error(jobs, codec, job_err)
     return batch, np.flatnonzero(batch.err)
 
@@ -111,10 +113,17 @@ def run_many(plans: list[tuple[Jobs, np.ndarray, ChunkCodec, int]], engine: Any,
     batch = engine.read_hooked(paths, np.concatenate([j.offsets for j, _, _, _ in plans]),
                                np.concatenate([j.lengths for j, _, _, _ in plans]), bufsize,
                                _hook(), make_ctx, spans=spans)
+    _record_decoded(engine, made)
     for (jobs, _, codec, _), arrays in zip(plans, keep):
         _raise_job_error(jobs, codec, arrays["job_err"])
     failed = np.flatnonzero(batch.err)
     return batch, [failed[(failed >= a) & (failed < b)] for a, b in zip(base[:-1], base[1:])]
+
+
+def _record_decoded(engine: Any, plans: list[tuple[Any, Any, Any]]) -> None:
+    """Record the bytes the parts' codecs produced (``lsio-decoded``): whole chunks, or the
+    parts of them that crops needed."""
+    metrics.record(engine.totals, "lsio-decoded", sum(int(d[0]) for _, _, d in plans), "bytes")
 
 
 def _hook() -> int:
@@ -170,4 +179,6 @@ def _plan(arrays: dict[str, np.ndarray], out: np.ndarray, codec: ChunkCodec, cod
     p.job_err = ffi.from_buffer("int32_t[]", arrays["job_err"])
     scratch = np.empty(max(codec.nbytes, 1), dtype=np.uint8)
     p.scratch = ffi.from_buffer("char[]", scratch)
-    return p, scratch
+    decoded = ffi.new("int64_t *")
+    p.decoded = decoded
+    return p, scratch, decoded

@@ -124,7 +124,7 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
                       engine: Engine, threads: int) -> list[tuple[int, OSError]]:
     """Read the plan's objects; decode each chunk with numcodecs on the decode threads as
     its read completes. Returns the reads that failed, with their errors."""
-    codec, failed, busy = spec.codec, [], []
+    codec, failed, busy, chunks = spec.codec, [], [], []
     job_at, src_off, src_len = jobs.job_at.tolist(), jobs.src_off.tolist(), jobs.src_len.tolist()
     start, count, dst = jobs.start.tolist(), jobs.count.tolist(), jobs.dst.tolist()
 
@@ -148,6 +148,7 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
             else:
                 decoded = _place(codec, buf[at : at + n], key, out, src, to)
                 held = None if decoded is None else ((at, n), decoded)
+                chunks.append(1)  # atomic, as above
             busy.append(time.perf_counter() - t0)  # atomic, as above
 
     stream = engine.read_ranges(jobs.paths, jobs.offsets, jobs.lengths, errors="return",
@@ -155,6 +156,7 @@ def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
     _decode.run(stream, work, threads)
     # summed here, on the task's thread: decode threads do not see the task's metrics context
     metrics.record(engine.totals, "lsio-decode", sum(busy), "seconds")
+    metrics.record(engine.totals, "lsio-decoded", len(chunks) * codec.nbytes, "bytes")
     return failed
 
 
