@@ -348,8 +348,9 @@ def print_rows(rows: list[dict], amp: dict[str, float]) -> None:
             continue
         per_s = r.get("crops_per_s") or r.get("examples_per_s")
         gbs = per_s * crop_bytes / 1e9
+        ratio = amp.get(r["reader"]) if r["kind"] == "crops" else None
         print(f"{lead} {r['median_s']:9.3f} {per_s:9,.0f} {gbs:7.3f} "
-              f"{amp.get(r['reader'], float('nan')):18.2f}")
+              f"{'-' if ratio is None else f'{ratio:.2f}':>18}")
     print("crops/s: examples/s for 'two' (each example is a satellite and an NWP crop; GB/s "
           "there counts the satellite crops only); GB/s decimal, of delivered crops (stream: "
           "of the array)")

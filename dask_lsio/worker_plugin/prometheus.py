@@ -4,7 +4,8 @@ distributed's worker serves ``prometheus_client``'s default registry at ``/metri
 collector per process, registered on first use, reports every worker of the process that has
 a plugin engine (several with ``processes=False``), labelled by worker address:
 
-- ``dask_lsio_bytes_total{worker, kind}``: bytes read or written (kind ``read`` / ``write``)
+- ``dask_lsio_bytes_total{worker, kind}``: bytes read or written (kind ``read`` / ``write``),
+  and decoded by the codecs (``decoded``)
 - ``dask_lsio_objects_total{worker, kind}``: objects read, written or deleted
 - ``dask_lsio_seconds_total{worker, activity}``: time in region reads, decode, encode, writes
 """
@@ -29,7 +30,7 @@ class TotalsCollector:
 
         fams = {
             "bytes": CounterMetricFamily("dask_lsio_bytes", "Bytes moved by the dask-lsio "
-                                         "engine", labels=["worker", "kind"]),
+                                         "engine or decoded", labels=["worker", "kind"]),
             "objects": CounterMetricFamily("dask_lsio_objects", "Objects read, written or "
                                            "deleted", labels=["worker", "kind"]),
             "seconds": CounterMetricFamily("dask_lsio_seconds", "Seconds spent per activity",

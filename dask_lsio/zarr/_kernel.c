@@ -68,16 +68,17 @@ static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want
 
 /* ---- blosc-LZ4 chunks a crop needs a part of -------------------------------------------
  * A crop needs some rows of a chunk. c-blosc decodes whole blocks (a 64 KiB chunk is one
- * block), so we read the blocks of c-blosc's format 2 with LZ4 and byte shuffle (or none)
- * ourselves: LZ4 decodes each stream only up to the last element the crop needs
+ * block) and unshuffles them whole, so we read the blocks of c-blosc's format 2 with LZ4 and
+ * byte shuffle (or none) ourselves: a stream holding none of the bytes the crop needs is not
+ * decoded, one whose needed bytes are a short prefix is decoded that far
  * (LZ4_decompress_safe_partial), and unshuffling is fused into the copy into the crop, so
  * only the bytes delivered are unshuffled. Any other blosc chunk goes through c-blosc. The
  * layout, as c-blosc 1.x writes it: a 16-byte header, an int32 start per block, and per
- * block `nsplits` streams (int32 compressed size, then the bytes; stored raw when that size
- * equals the stream's). A block of `nq` elements of `ts` bytes, shuffled, holds byte b of
- * element i at b * nq + i, however many streams it was compressed in. Bytes after the last
- * one needed are not decoded, so corruption there goes unnoticed; what is delivered decoded
- * correctly. */
+ * block `nsplits` streams of consecutive bytes of its buffer (int32 compressed size, then
+ * the bytes; stored raw when that size is the stream's). A shuffled block of `nq` elements
+ * of `ts` bytes holds byte b of element i at b * nq + i (split in `ts` streams, each is a
+ * byte plane). Bytes after the last one needed are not decoded, so corruption there goes
+ * unnoticed; what is delivered decoded correctly. */
 #define BLOSC_NOSPLIT 0x10   /* header flag: blocks are one stream each */
 #define BLOSC_MAX_SPLITS 16  /* c-blosc splits blocks of at most this typesize ... */
 #define BLOSC_MIN_SPLIT 128  /* ... and at least this many elements */

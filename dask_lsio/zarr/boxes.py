@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import config
+from .. import config, metrics
 from ..io import Engine, get_engine
 from . import _plan
 from .read import _execute_many, _fill_boxes, _read_indexes, output_for
@@ -96,13 +96,14 @@ def read_boxes_many(reads: list[tuple], engine: Engine | None = None,
     engine = engine or get_engine()
     outs = outs or [None] * len(reads)
     results, plans = [], []
-    for (spec, starts, shape, pad, indexes), out in zip(reads, outs):
-        out, stacked, jobs = _prepare(spec, starts, shape, out, pad, engine, indexes)
-        results.append(out)
-        if jobs is not None:
-            plans.append((spec, jobs, stacked))
-    if plans:
-        _execute_many(plans, engine, threads or engine.decode_threads)
+    with metrics.timed(engine.totals, "lsio-read"):
+        for (spec, starts, shape, pad, indexes), out in zip(reads, outs):
+            out, stacked, jobs = _prepare(spec, starts, shape, out, pad, engine, indexes)
+            results.append(out)
+            if jobs is not None:
+                plans.append((spec, jobs, stacked))
+        if plans:
+            _execute_many(plans, engine, threads or engine.decode_threads)
     return results
 
 
