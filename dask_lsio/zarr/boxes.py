@@ -163,17 +163,13 @@ def _box_cells(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...]):
         if a == 0:
             dst = dst + boxes[:, None] * shape[0]
         columns.append((pos, a_lo - pos * cell[a], a_hi - a_lo, dst, pos <= last[:, a, None]))
-    full = (len(boxes),) + tuple(int(x) for x in k)
-
-    def spread(a: int, values: np.ndarray) -> np.ndarray:
+    valid = np.ones((len(boxes),) + tuple(int(x) for x in k), bool)
+    for a in range(ndim):
         view = [len(boxes)] + [1] * ndim
         view[a + 1] = int(k[a])
-        return np.broadcast_to(values.reshape(view), full)
-
-    valid = np.ones(full, bool)
-    for a in range(ndim):
-        valid &= spread(a, columns[a][4])
-    return tuple(np.stack([spread(a, columns[a][f])[valid] for a in range(ndim)], axis=1)
+        valid &= columns[a][4].reshape(view)
+    box, *at = np.nonzero(valid)  # the (box, cell along each axis) pairs kept
+    return tuple(np.stack([columns[a][f][box, at[a]] for a in range(ndim)], axis=1)
                  for f in range(4))
 
 
