@@ -5,8 +5,9 @@ Dataset (A) of the read benchmark (``bench_read.py``: 1024 x 512 x 512 float32, 
 1x128x128 blosc-lz4, 16,384 files; ``--quick``: 128 steps), generated there and reused.
 
 ``crops``   batches of 32 crops of 8 x 64 x 64 at the same random locations for every reader
-            (``dask_lsio.RandomCrops(...).locations``, seed 0), ``--batches`` of them (30;
-            quick 10), after one untimed batch at other locations:
+            (``dask_lsio.RandomCrops(...).locations``, seed 0), ``--batches`` of them (60;
+            quick 10), after three untimed batches at other locations (every reader's
+            threads and buffers exist by then; one for dask):
 
             ``dask_lsio``    ``dask_lsio.RandomCrops(path, (8, 64, 64), 32)``, prefetch 2
             ``zarr``         zarr-python's default pipeline, ``z[t:t+8, y:y+64, x:x+64]`` per
@@ -15,7 +16,7 @@ Dataset (A) of the read benchmark (``bench_read.py``: 1024 x 512 x 512 float32, 
             ``tensorstore``  all crops of a batch issued at once (futures), then stacked
             ``dask``         ``dask.array.from_zarr(path)`` sliced per crop, one
                              ``da.stack(...).compute()`` per batch (threaded scheduler);
-                             a thirtieth of the batches (each takes ~25 s), so its sum
+                             a sixtieth of the batches (each takes ~20 s), so its sum
                              is not compared
 
             Reported: crops/s, GB/s delivered (the crops' bytes), and decoded bytes per
@@ -115,12 +116,12 @@ def crop_batches(reader: str, path: str, starts: list[np.ndarray]):
 
 
 def run_crops(reader: str, path: str, batches: int) -> dict:
-    """One timed run: ``batches`` batches after one untimed batch elsewhere."""
-    warm = locations(path, 1, epoch=99)
+    """One timed run: ``batches`` batches after untimed ones elsewhere."""
+    warm = locations(path, 1 if reader == "dask" else 3, epoch=99)
     for b in crop_batches(reader, path, warm):
         pass
-    if reader == "dask":  # ~25 s a batch on 2 cores: a thirtieth of the batches
-        batches = max(1, batches // 30)
+    if reader == "dask":  # ~20 s a batch on 2 cores: a sixtieth of the batches
+        batches = max(1, batches // 60)
     starts = locations(path, batches, epoch=0)
     total = 0.0
     before = decoded_bytes()
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="128 steps, 10 batches, 2 repeats")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--batches", type=int, default=None, help="timed batches per run (30)")
+    p.add_argument("--batches", type=int, default=None, help="timed batches per run (60)")
     p.add_argument("--readers", default=",".join(CROP_READERS))
     p.add_argument("--parts", default="crops,two,stream", help="which workloads to run")
     p.add_argument("--no-cold", dest="cold", action="store_false", help="warm runs only")
@@ -391,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         return worker_main(json.loads(args.worker))
     args.repeats = args.repeats or (2 if args.quick else 5)
-    args.batches = args.batches or (10 if args.quick else 30)
+    args.batches = args.batches or (10 if args.quick else 60)
     parts = args.parts.split(",")
     ds, = bench_read.prepare_datasets([bench_read.make_specs(args.quick)["A"]], args.data_dir)
     path = str(ds.root)
