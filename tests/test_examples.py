@@ -15,6 +15,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
     ("laptop.py", "read and reduced"),
     ("cluster.py", "mean of the anomaly"),
     ("convert.py", "checked against zarr-python"),
+    ("training.py", "streamed 32 steps"),
 ])
 def test_example_runs(name, expect):
     done = subprocess.run([sys.executable, str(EXAMPLES / name), "--steps", "32"],
