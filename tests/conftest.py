@@ -6,6 +6,7 @@ on our machines, which have it), where a missing io_uring fails loudly instead.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -49,3 +50,23 @@ def write_files(directory, sizes, seed=0) -> dict[str, bytes]:
             f.write(data)
         out[path] = data
     return out
+
+
+@pytest.fixture
+def loopback_cluster():
+    """Start a real distributed.LocalCluster on loopback (worker processes, one thread each,
+    no dashboard, unless overridden; in-process workers with ``processes=False``) and a
+    Client on it:
+    ``with loopback_cluster(n_workers=2) as (cluster, client): ...``."""
+    distributed = pytest.importorskip("distributed")
+
+    @contextlib.contextmanager
+    def start(**options):
+        options = {"processes": True, "threads_per_worker": 1, "dashboard_address": None} | options
+        if options["processes"]:  # (in-process workers talk over inproc://, not TCP)
+            options.setdefault("host", "127.0.0.1")
+        with distributed.LocalCluster(**options) as cluster, \
+                distributed.Client(cluster) as client:
+            yield cluster, client
+
+    return start

@@ -223,12 +223,9 @@ def test_unsupported_codec_falls_back_or_raises(tmp_path):
         dask_lsio.from_zarr(tmp_path / "s")
 
 
-def test_distributed_local_cluster(big):
-    distributed = pytest.importorskip("distributed")
+def test_distributed_local_cluster(big, loopback_cluster):
     root, data = big
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=2) as (_, client):
         x = dask_lsio.from_zarr(root / "sharded", chunks=(4, 256, 256))
         np.testing.assert_array_equal(client.compute(x).result(), data)
         total = client.compute(dask_lsio.from_zarr(root / "plain").sum()).result()

@@ -211,12 +211,9 @@ def test_torch_dataloader_workers_share_batches_without_duplicates(cube):
     assert not np.array_equal(next(iter(data))["a.zarr"].numpy(), want[0])
 
 
-def test_batches_read_on_a_local_cluster_equal_local_ones(cube):
-    distributed = pytest.importorskip("distributed")
+def test_batches_read_on_a_local_cluster_equal_local_ones(cube, loopback_cluster):
     path, _ = cube
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=1, threads_per_worker=2) as (_, client):
         client.register_plugin(dask_lsio.LSIOWorkerPlugin())
         remote = RandomCrops(path, (2, 8, 8), batch_size=4, seed=5, length=5, client=client)
         local = RandomCrops(path, (2, 8, 8), batch_size=4, seed=5, length=5)

@@ -259,13 +259,10 @@ def test_killed_writer_leaves_whole_objects(tmp_path):
         assert name.startswith("c/")
 
 
-def test_distributed_local_cluster(tmp_path):
-    distributed = pytest.importorskip("distributed")
+def test_distributed_local_cluster(tmp_path, loopback_cluster):
     values = np.random.default_rng(2).random((24, 64, 64)).astype("float32")
     x = da.from_array(values, chunks=(6, 64, 64))
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster):
+    with loopback_cluster(n_workers=2):
         dask_lsio.to_zarr(x, tmp_path / "a", chunks=(4, 32, 32), shards=(12, 64, 64),
                           compressors=BloscCodec(cname="lz4"))
         back = dask_lsio.from_zarr(tmp_path / "a").compute()

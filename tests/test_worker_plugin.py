@@ -17,9 +17,6 @@ import dask_lsio
 from dask_lsio import LSIOWorkerPlugin
 from dask_lsio.io import _select
 
-CLUSTER = dict(threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
-
-
 @pytest.fixture
 def data_path(tmp_path):
     values = np.random.default_rng(3).random((16, 128, 128)).astype("float32")
@@ -41,7 +38,7 @@ def plugin_engine(dask_worker):
     return None if engine is None else (id(engine), engine.closed)
 
 
-def test_each_worker_gets_its_own_engine(data_path, monkeypatch, tmp_path):
+def test_each_worker_gets_its_own_engine(data_path, monkeypatch, tmp_path, loopback_cluster):
     path, values = data_path
 
     def no_engine_here(*args, **kwargs):
@@ -49,8 +46,7 @@ def test_each_worker_gets_its_own_engine(data_path, monkeypatch, tmp_path):
 
     monkeypatch.setattr(_select, "_engines", {})  # (the scheduler runs in this process)
     monkeypatch.setattr(_select, "_create", no_engine_here)
-    with distributed.LocalCluster(n_workers=2, processes=True, **CLUSTER) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=2) as (_, client):
         client.register_plugin(LSIOWorkerPlugin(engine="threads", decode_threads=1))
         before = client.run(plugin_engine)
         client.register_plugin(LSIOWorkerPlugin(engine="threads"))  # idempotent: no-op
@@ -80,13 +76,11 @@ def engine_threads() -> set:
     return {t for t in threading.enumerate() if t.name.startswith(("lsio-io", "lsio-uring"))}
 
 
-def test_in_process_workers_do_not_share(data_path):
+def test_in_process_workers_do_not_share(data_path, loopback_cluster):
     path, values = data_path
     before = set(os.listdir("/proc/self/fd"))
     threads_before = engine_threads()
-    with distributed.LocalCluster(n_workers=2, processes=False, threads_per_worker=1,
-                                  dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=2, processes=False) as (cluster, client):
         client.register_plugin(LSIOWorkerPlugin(engine="threads"))
         engines = client.run(plugin_engine)
         assert len({ident for ident, _ in engines.values()}) == 2
@@ -102,10 +96,9 @@ def test_in_process_workers_do_not_share(data_path):
                 and "io_uring" in os.readlink(f"/proc/self/fd/{fd}")]
 
 
-def test_metrics_reach_the_scheduler_and_the_plugin(data_path, tmp_path):
+def test_metrics_reach_the_scheduler_and_the_plugin(data_path, tmp_path, loopback_cluster):
     path, values = data_path
-    with distributed.LocalCluster(n_workers=2, processes=True, **CLUSTER) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=2) as (_, client):
         client.register_plugin(LSIOWorkerPlugin())
         dask_lsio.from_zarr(path).sum().compute()
         dask_lsio.to_zarr(dask_lsio.from_zarr(path), tmp_path / "copy", chunks=(1, 64, 64))
@@ -146,7 +139,7 @@ def kill_once(marker: str, delay: float) -> int:
 
 
 @pytest.mark.parametrize("work", ["read", "write"])
-def test_killed_worker_task_is_retried(tmp_path, work):
+def test_killed_worker_task_is_retried(tmp_path, work, loopback_cluster):
     import dask
 
     values = np.random.default_rng(4).random((64, 256, 256)).astype("float32")
@@ -154,9 +147,7 @@ def test_killed_worker_task_is_retried(tmp_path, work):
                             dtype="float32", compressors=BloscCodec(cname="lz4"))
     src[...] = values
     marker = str(tmp_path / "killed")
-    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=2,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=2, threads_per_worker=2) as (_, client):
         client.register_plugin(LSIOWorkerPlugin())
         x = dask_lsio.from_zarr(tmp_path / "src", chunks=(4, 256, 256))
         if work == "read":
@@ -176,13 +167,12 @@ def test_killed_worker_task_is_retried(tmp_path, work):
         assert len(engines) == 2 and all(e is not None and not e[1] for e in engines.values())
 
 
-def test_totals_on_the_workers_metrics_page(data_path):
+def test_totals_on_the_workers_metrics_page(data_path, loopback_cluster):
     pytest.importorskip("prometheus_client")
     from urllib.request import urlopen
 
     path, _ = data_path
-    with distributed.LocalCluster(n_workers=1, processes=True, **CLUSTER) as cluster, \
-            distributed.Client(cluster) as client:
+    with loopback_cluster(n_workers=1) as (_, client):
         client.register_plugin(LSIOWorkerPlugin())
         dask_lsio.from_zarr(path).sum().compute()
         (addr, port), = client.run(lambda dask_worker: dask_worker.http_server.port).items()
