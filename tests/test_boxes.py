@@ -240,3 +240,16 @@ def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
         4 * (15 * 128 + 16)
     assert decoded(lambda: read_boxes(spec, [[1, 100, 0]], (1, 16, 16), engine=engine)) == \
         128 * 128 * 4
+
+
+def test_sharded_chunk_several_boxes_need_is_decoded_once(tmp_path):
+    values = np.arange(4 * 32 * 32, dtype="int32").reshape(4, 32, 32)
+    z = zarr.create_array(tmp_path / "s", shape=values.shape, chunks=(1, 8, 8),
+                          shards=(2, 16, 16), dtype="int32")  # zstd inner chunks
+    z[...] = values
+    spec, engine = spec_from_array(str(tmp_path / "s"), z), get_engine()
+    starts = np.array([[1, 9, 9], [1, 9, 9], [1, 10, 12]])  # all in inner chunk (1, 1, 1)
+    before = engine.totals.snapshot().get(("lsio-decoded", "bytes"), 0)
+    got = read_boxes(spec, starts, (1, 4, 4), engine=engine)
+    np.testing.assert_array_equal(got, expected_boxes(values, starts, (1, 4, 4), 0))
+    assert engine.totals.snapshot()[("lsio-decoded", "bytes")] - before == 8 * 8 * 4

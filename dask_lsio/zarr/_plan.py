@@ -89,6 +89,22 @@ def shard_jobs(
     """
     pos, start, count, dst = cell_boxes(region, spec.shard.inner)
     shard_no, entry = _index_entries(spec, region, pos, index)
+    return ranged_jobs(paths, shard_no, entry, (start, count, dst), gap, limit)
+
+
+def ranged_jobs(
+    paths: list[str], shard_no: np.ndarray, entry: np.ndarray, boxes: tuple, gap: int,
+    limit: int,
+) -> tuple[Jobs | None, tuple[np.ndarray, np.ndarray]]:
+    """Jobs placing ``boxes`` (start, count, dst rows) of inner chunks found at ``entry``
+    (offset, nbytes per row; EMPTY: absent) in the shards ``paths[shard_no]``, read as
+    coalesced byte ranges. Rows of the same chunk (several boxes need it) become adjacent
+    jobs of one read, so it is decoded once.
+
+    Returns the jobs (None when every chunk is absent) and the boxes ``(dst, count)`` of the
+    absent chunks, which hold fill_value.
+    """
+    start, count, dst = boxes
     absent = entry[:, 0] == EMPTY
     keep = np.flatnonzero(~absent)
     if not len(keep):

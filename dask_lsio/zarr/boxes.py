@@ -202,7 +202,6 @@ def _shard_jobs(spec: ArraySpec, units: np.ndarray, which: np.ndarray, boxes, ou
                 engine: Engine, indexes: IndexCache) -> _plan.Jobs | None:
     """Sharded arrays: the distinct inner chunks found in their shards' indexes, read as
     coalesced byte ranges; absent ones fill their boxes with fill_value."""
-    start, count, dst = boxes
     per_shard = np.array(spec.shard.per_shard(spec.grid), np.int64)
     shards, shard_no = np.unique(units // per_shard, axis=0, return_inverse=True)
     shard_no = shard_no.reshape(-1)
@@ -211,35 +210,10 @@ def _shard_jobs(spec: ArraySpec, units: np.ndarray, which: np.ndarray, boxes, ou
         if idx is not None:
             table[s] = idx.reshape(-1, 2)
     inner = np.ravel_multi_index(tuple((units % per_shard).T), tuple(per_shard))
-    entry = table[shard_no, inner]
-    absent = entry[:, 0] == EMPTY
-    gone = absent[which]
-    _fill_boxes(spec, out, dst[gone], count[gone])
-    keep = np.flatnonzero(~absent)
-    if not len(keep):
-        return None
-    offsets, lengths = entry[keep, 0].astype(np.int64), entry[keep, 1].astype(np.int64)
-    ranges = _plan.coalesce(shard_no[keep].tolist(), offsets.tolist(), lengths.tolist(),
-                            config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"))
-    read_of = np.empty(len(units), np.int64)  # each present unit's read, and place in it
-    rank = np.empty(len(units), np.int64)
-    starts = np.array([a for _, a, _ in ranges], np.int64)
-    for r, (_, _, members) in enumerate(ranges):
-        read_of[keep[members]] = r
-        rank[keep[members]] = np.arange(len(members))
-    rows = np.flatnonzero(~gone)
-    unit = which[rows]
-    rows = rows[np.lexsort((rank[unit], read_of[unit]))]  # by read, then place in the read
-    unit = which[rows]
-    at = read_of[unit]
-    job_at = np.concatenate([[0], np.cumsum(np.bincount(at, minlength=len(ranges)))])
-    src = entry[unit, 0].astype(np.int64)
-    ends = np.zeros(len(ranges), np.int64)
-    np.maximum.at(ends, at, src + entry[unit, 1].astype(np.int64))
-    paths = [spec.path(tuple(shards[s].tolist())) for s, _, _ in ranges]
-    return _plan.Jobs(
-        paths, starts, ends - starts, job_at, src - starts[at],
-        entry[unit, 1].astype(np.int64), start[rows], count[rows], dst[rows],
-        missing_is_fill=False,
-        key=lambda j, r: f"{paths[r]} bytes {src[j]}-{src[j] + int(entry[unit[j], 1])}",
-    )
+    entry = table[shard_no, inner]  # per distinct chunk; the boxes' rows pick theirs
+    paths = [spec.path(tuple(s)) for s in shards.tolist()]
+    jobs, (dst, count) = _plan.ranged_jobs(
+        paths, shard_no[which], entry[which], boxes, config.get_bytes("coalesce-gap"),
+        config.get_bytes("coalesce-max"))
+    _fill_boxes(spec, out, dst, count)
+    return jobs
