@@ -70,21 +70,8 @@ def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
     ChunkDecodeError
         For the first chunk the kernel could not decode, naming its key and the codecs.
     """
-    plan_keep = _plan_arrays(jobs, out)
-    job_err = plan_keep["job_err"]
-    hint = jobs.hint or 1  # (O_DIRECT capacities include the aligned start and end)
-    bufsize = int(read_capacities(jobs.offsets, jobs.lengths, hint, engine.direct_io).max())
-    plans: list[Any] = []
-
-    def make_ctx(lo: int) -> int:
-        plans.append(_plan(plan_keep, out, codec, code, lo))
-        return int(ffi.cast("uintptr_t", plans[-1][0]))
-
-    batch = engine.read_hooked(jobs.paths, jobs.offsets, jobs.lengths, bufsize, _hook(),
-                               make_ctx, _parts(jobs, codec, parts))
-    _record_decoded(engine, plans)
-    _raise_job_error(jobs, codec, job_err)
-    return batch, np.flatnonzero(batch.err)
+    batch, (failed,) = run_many([(jobs, out, codec, code)], engine, parts)
+    return batch, failed
 
 
 def run_many(plans: list[tuple[Jobs, np.ndarray, ChunkCodec, int]], engine: Any,
@@ -99,6 +86,7 @@ def run_many(plans: list[tuple[Jobs, np.ndarray, ChunkCodec, int]], engine: Any,
     for k, (jobs, _, codec, _) in enumerate(plans):
         spans += [(int(base[k] + lo), int(base[k] + hi))
                   for lo, hi in part_spans(len(jobs.paths), _parts(jobs, codec, parts))]
+    # (O_DIRECT capacities include the aligned start and end)
     bufsize = max(int(read_capacities(j.offsets, j.lengths, j.hint or 1, engine.direct_io).max())
                   for j, _, _, _ in plans)
     made: list[Any] = []

@@ -45,7 +45,7 @@ class IndexCache:
         keys = [tuple(s) for s in shards.tolist()]
         missing = [k for k in keys if k not in self._index]
         if missing:
-            found = _read_indexes(self.spec, [self.spec.path(k) for k in missing], engine)
+            found = _read_indexes(self.spec, self.spec.paths(np.array(missing)), engine)
             self._index.update(zip(missing, found))
         out = []
         for k in keys:
@@ -211,9 +211,8 @@ def _shard_jobs(spec: ArraySpec, units: np.ndarray, which: np.ndarray, boxes, ou
             table[s] = idx.reshape(-1, 2)
     inner = np.ravel_multi_index(tuple((units % per_shard).T), tuple(per_shard))
     entry = table[shard_no, inner]  # per distinct chunk; the boxes' rows pick theirs
-    paths = [spec.path(tuple(s)) for s in shards.tolist()]
     jobs, (dst, count) = _plan.ranged_jobs(
-        paths, shard_no[which], entry[which], boxes, config.get_bytes("coalesce-gap"),
+        spec.paths(shards), shard_no[which], entry[which], boxes, config.get_bytes("coalesce-gap"),
         config.get_bytes("coalesce-max"))
     _fill_boxes(spec, out, dst, count)
     return jobs

@@ -44,7 +44,7 @@ def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine, out: np.nd
         jobs = _plan.chunk_jobs(spec, region)
     else:
         shards = _plan.cell_boxes(region, spec.grid)[0]
-        paths = [spec.path(c) for c in map(tuple, shards.tolist())]
+        paths = spec.paths(shards)
         jobs, (dst, count) = _plan.shard_jobs(
             spec, region, paths, _read_indexes(spec, paths, engine),
             config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"),
