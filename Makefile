@@ -32,9 +32,13 @@ demo: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_write.py --quick
 	$(PY) benchmarks/bench_cluster.py --quick
 
+# Our tests, then the suites of the projects we plug into, run against our code.
 test: setup
 	$(PY) -m dask_lsio info
 	$(PY) -m pytest -q
+	bash scripts/zarr-suite.sh $(PY)
+	bash scripts/xarray-suite.sh $(PY)
+	bash scripts/dask-suite.sh $(PY)
 
 # The full benchmarks (many minutes; cold-cache runs need root).
 bench: $(BENCH_STAMP)

@@ -3,7 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
-from .errors import BatchIOError, EngineUnavailableError, LSIOError
+from .errors import (BatchIOError, ChunkDecodeError, EngineUnavailableError, LSIOError,
+                     UnsupportedCodecError, UnsupportedStoreError)
 from .graph import from_zarr, open_zarr, to_zarr
 from .io import ReadRequest, get_engine
 from .loader import RandomCrops, iter_blocks
@@ -29,12 +30,15 @@ except PackageNotFoundError:  # running from a source tree
 
 __all__ = [
     "BatchIOError",
+    "ChunkDecodeError",
     "EngineUnavailableError",
     "LSIOError",
     "LSIOWorkerPlugin",
     "RandomCrops",
     "ReadRequest",
     "TorchCrops",
+    "UnsupportedCodecError",
+    "UnsupportedStoreError",
     "__version__",
     "from_zarr",
     "get_engine",

@@ -38,6 +38,20 @@ class UnsupportedCodecError(LSIOError, NotImplementedError):
         self.codec = codec
 
 
+class UnsupportedStoreError(UnsupportedCodecError):
+    """The array lives in a store that dask-lsio does not read or write itself (yet): a
+    ``zarr.storage.MemoryStore``, an fsspec store, a remote URL ... The message names it.
+
+    Caught like :class:`UnsupportedCodecError`: the front ends then go through zarr-python
+    or dask (with one warning), or raise when ``lsio.strict`` is true.
+    """
+
+    def __init__(self, what: str) -> None:
+        LSIOError.__init__(self, f"dask-lsio does not read or write {what} itself")
+        self.codec = None
+        self.what = what
+
+
 class ChunkDecodeError(LSIOError, ValueError):
     """A stored chunk is corrupt or truncated: the message names its key and the codecs."""
 

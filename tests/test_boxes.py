@@ -15,7 +15,8 @@ from zarr_cases import arrays, make_array
 
 from dask_lsio.errors import ChunkDecodeError
 from dask_lsio.io import get_engine
-from dask_lsio.zarr.boxes import IndexCache, read_boxes
+from dask_lsio.zarr.boxes import read_boxes
+from dask_lsio.zarr.shard import IndexCache
 from dask_lsio.zarr.spec import spec_from_array
 
 

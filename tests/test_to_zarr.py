@@ -136,8 +136,10 @@ def test_modes(tmp_path):
         dask_lsio.to_zarr(x, path, mode="w-")
     with pytest.raises(FileNotFoundError, match="missing.*mode='r\\+'"):
         dask_lsio.to_zarr(x, tmp_path / "missing", mode="r+")
-    with pytest.raises(ValueError, match="mode must be one of"):
+    with pytest.raises(ValueError, match="Cannot use mode `r`"):  # dask's words
         dask_lsio.to_zarr(x, path, mode="r")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        dask_lsio.to_zarr(x, path, mode="x")
     dask_lsio.to_zarr(da.zeros(12, chunks=6), path, mode="w", chunks=(6,))  # replaced
     z = zarr.open_array(path)
     assert z.chunks == (6,) and chunk_files(path) == []  # all fill: no chunk objects

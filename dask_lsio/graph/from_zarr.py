@@ -10,7 +10,7 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
-from dask.array.core import normalize_chunks
+from dask.array.core import from_zarr as dask_from_zarr, normalize_chunks
 from dask.base import tokenize
 from dask.utils import parse_bytes
 
@@ -35,9 +35,10 @@ def from_zarr(
 
     Parameters
     ----------
-    url : str, os.PathLike or zarr.Array
-        A path or ``file://`` URL of an array (or of a group, with ``component``), or a
-        ``zarr.Array`` on a local store.
+    url : str, os.PathLike, zarr.storage.LocalStore or zarr.Array
+        A path or ``file://`` URL of an array (or of a group, with ``component``), a
+        ``LocalStore``, or a ``zarr.Array`` on one. Other stores and URLs are read through
+        :func:`dask.array.from_zarr` (with a warning naming the store).
     component : str, optional
         The array's path inside the group at ``url``.
     storage_options : dict, optional
@@ -61,9 +62,11 @@ def from_zarr(
     except UnsupportedCodecError as e:
         if config.get("strict"):
             raise
-        warnings.warn(f"{e}: reading {url!r} through zarr-python (correct, slower)", stacklevel=2)
-        return da.from_zarr(url, component=component, storage_options=storage_options,
-                            chunks=chunks, name=name, inline_array=inline_array, **kwargs)
+        warnings.warn(f"{e}: reading {url!r} through dask.array.from_zarr and zarr-python "
+                      "(correct, slower)", stacklevel=2)
+        # dask's own function as imported, also where dask.array.from_zarr is routed here
+        return dask_from_zarr(url, component=component, storage_options=storage_options,
+                              chunks=chunks, name=name, inline_array=inline_array, **kwargs)
     blocks = block_chunks(spec, chunks)
     meta = np.empty((0,) * len(spec.shape), dtype=spec.dtype)
     return da.from_array(

@@ -9,9 +9,12 @@ result matches ``xarray.open_zarr`` on the same store.
 
 from __future__ import annotations
 
-import os
+import warnings
 from typing import Any
 
+from .. import config
+from ..errors import UnsupportedStoreError
+from ..zarr.spec import local_path
 from .from_zarr import from_zarr
 
 
@@ -34,8 +37,9 @@ def open_zarr(
 
     Parameters
     ----------
-    store : str or os.PathLike
-        A local path or ``file://`` URL of a Zarr group.
+    store : str, os.PathLike or zarr.storage.LocalStore
+        A local path, ``file://`` URL or LocalStore of a Zarr group (other stores are opened
+        by :func:`xarray.open_zarr` alone, with a warning).
     group : str, optional
         The group inside ``store``.
     chunks : "auto", None, int or dict, optional
@@ -53,9 +57,19 @@ def open_zarr(
     """
     import xarray as xr
 
+    try:
+        base = local_path(store)
+    except UnsupportedStoreError as e:
+        if config.get("strict"):
+            raise
+        warnings.warn(f"{e}: opening {store!r} with xarray.open_zarr (correct, slower)",
+                      stacklevel=2)
+        return xr.open_zarr(store, group=group, chunks=chunks, decode_cf=decode_cf,
+                            mask_and_scale=mask_and_scale, decode_times=decode_times,
+                            concat_characters=concat_characters, decode_coords=decode_coords,
+                            drop_variables=drop_variables, **kwargs)
     raw = xr.open_zarr(store, group=group, chunks=None, decode_cf=False,
                        drop_variables=drop_variables, **kwargs)
-    base = os.fspath(store)
     for name, var in raw.data_vars.items():
         component = f"{group.strip('/')}/{name}" if group else str(name)
         data = from_zarr(base, component=component, chunks=_blocks(chunks, var.dims, var.shape))

@@ -10,11 +10,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
+from dask.array.core import to_zarr as dask_to_zarr
 from dask.array.slicing import normalize_index
 
 from .. import config
-from ..errors import UnsupportedCodecError
-from ..zarr.spec import local_path, local_root, spec_from_array
+from ..errors import UnsupportedCodecError, UnsupportedStoreError
+from ..zarr.spec import describe_store, local_path, local_root, spec_from_array
 from .target import ZarrTarget, plain_region
 
 _MODES = ("r+", "a", "w", "w-")
@@ -41,18 +42,20 @@ def to_zarr(
     arr : dask.array.Array
         The data. Blocks that do not hold whole write units (shards, or chunks when unsharded)
         are rechunked to blocks that do, so no two tasks ever write the same object.
-    url : str, os.PathLike or zarr.Array
-        A path or ``file://`` URL (of the array, or of a group with ``component``), or an
-        existing ``zarr.Array`` on a local store.
+    url : str, os.PathLike, zarr.storage.LocalStore or zarr.Array
+        A path or ``file://`` URL (of the array, or of a group with ``component``), a
+        ``LocalStore``, or an existing ``zarr.Array`` on one.
     component : str, optional
         The array's path inside the group at ``url``.
     storage_options : dict, optional
-        Given, or for a remote URL, the write goes through :func:`dask.array.to_zarr`.
+        Given (not empty), or for other stores and URLs, the write goes through
+        :func:`dask.array.to_zarr` (with a warning naming the store).
     region : tuple of slices, optional
         Where ``arr`` goes in an existing array. Blocks are cut on the write-unit grid, so a
         region whose edges split units has those units written by one task each, which reads
-        them, updates its part and writes them whole (as zarr-python does; safe against the
-        other tasks of this write, not against another writer of the same units at once).
+        them, updates its part and writes them whole (as zarr-python does) while it holds
+        their write locks: writers of disjoint regions that share units (other tasks, other
+        jobs, threads or processes) never erase each other's values.
     compute : bool
         Write now (True) or return a delayed object that writes when computed.
     return_stored : bool
@@ -75,11 +78,14 @@ def to_zarr(
     if any(math.isnan(n) for n in arr.shape):
         raise ValueError("cannot write a dask array of unknown chunk sizes to Zarr; call "
                          "arr.compute_chunk_sizes() first")
+    if mode == "r":  # dask's words and type
+        raise ValueError("Cannot use mode `r` (read-only) when writing to zarr.")
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES} to write; got {mode!r}")
-    if _remote(url, storage_options):
+    elsewhere = _not_ours(url, storage_options)
+    if elsewhere is not None:
         return _through_dask(arr, url, component, storage_options, region, compute,
-                             return_stored, mode, kwargs, "a remote store")
+                             return_stored, mode, kwargs, elsewhere)
     component = component or kwargs.pop("name", None)
     z = url if isinstance(url, zarr.Array) else _open_or_create(arr, url, component, mode, kwargs)
     region = _region(z, arr, region)
@@ -143,6 +149,7 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
                     kwargs: dict) -> zarr.Array:
     """The array at ``url``/``component``: opened (modes a, r+) or created (a, w, w-)."""
     root = os.path.abspath(local_path(url))
+    store = url if isinstance(url, zarr.storage.LocalStore) else root  # keeps its read_only
     path = os.path.join(root, component or "")
     exists = os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(
         os.path.join(path, ".zarray"))
@@ -152,7 +159,7 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
         if kwargs:
             raise ValueError(f"an array exists at {path!r}: creation options {sorted(kwargs)} "
                              "apply only when creating one (mode='w' replaces it)")
-        return zarr.open_array(store=root, path=component or "", mode="r+")
+        return zarr.open_array(store=store, path=component or "", mode="r+")
     kwargs.setdefault("shape", arr.shape)
     kwargs.setdefault("chunks", tuple(max(c[0], 1) if c else 1 for c in arr.chunks))
     kwargs.setdefault("dtype", arr.dtype)
@@ -160,36 +167,38 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
         kwargs["overwrite"] = True
     if mode == "w-" and exists:
         raise FileExistsError(f"an array exists at {path!r} (mode='w-')")
-    return zarr.create_array(store=root, name=component, **kwargs)
+    return zarr.create_array(store=store, name=component, **kwargs)
 
 
-def _remote(url: Any, storage_options: dict | None) -> bool:
-    """Whether ``url`` is a store dask-lsio does not write itself."""
-    if storage_options is not None or not isinstance(url, (str, os.PathLike, zarr.Array)):
-        return True
+def _not_ours(url: Any, storage_options: dict | None) -> str | None:
+    """What ``url`` is, when dask-lsio does not write it itself; None when it does."""
+    if storage_options:
+        return f"{describe_store(url)} with storage_options"
     try:
         local_path(url)
-    except UnsupportedCodecError:
-        return True
-    return False
+    except UnsupportedStoreError as e:
+        return e.what
+    return None
 
 
 def _through_dask(arr, url, component, storage_options, region, compute, return_stored, mode,
                   kwargs, why) -> Any:
     """dask's own to_zarr, for stores dask-lsio does not write itself."""
     if config.get("strict"):
-        raise UnsupportedCodecError(why, None)
-    warnings.warn(f"writing to {why} through dask.array.to_zarr (correct, slower)",
-                  stacklevel=3)
+        raise UnsupportedStoreError(why)
+    warnings.warn(f"dask-lsio does not write {why} itself: writing through "
+                  "dask.array.to_zarr (correct, slower)", stacklevel=3)
+    # dask's own function as imported, also where dask.array.to_zarr is routed here
     if isinstance(url, zarr.Array):  # dask rechunks to the array's write units itself
-        return da.to_zarr(arr, url, region=region, compute=compute, return_stored=return_stored)
+        return dask_to_zarr(arr, url, region=region, compute=compute,
+                            return_stored=return_stored)
     unit = kwargs.get("shards") or kwargs.get("chunks")
     if isinstance(unit, tuple | list) and len(unit) == arr.ndim:  # dask does not: whole
         # units per block, or two of its tasks would write the same shard (and lose data)
         arr = arr.rechunk(aligned_chunks(arr.chunks, tuple(unit), (0,) * arr.ndim))
-    return da.to_zarr(arr, url, component=component, storage_options=storage_options,
-                      region=region, compute=compute, return_stored=return_stored, mode=mode,
-                      **kwargs)
+    return dask_to_zarr(arr, url, component=component, storage_options=storage_options,
+                        region=region, compute=compute, return_stored=return_stored, mode=mode,
+                        **kwargs)
 
 
 def _write_empty_chunks(z: zarr.Array) -> bool:

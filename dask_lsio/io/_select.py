@@ -128,10 +128,12 @@ def _kind(kind: str | None) -> str:
 def _worker_engine() -> Engine | None:
     """The plugin engine of the distributed worker running this task, if any."""
     worker_mod = sys.modules.get("distributed.worker")  # not imported: no worker here
-    if worker_mod is None:
+    # (another thread may be importing it right now: no worker runs in this process yet)
+    get_worker = getattr(worker_mod, "get_worker", None)
+    if get_worker is None:
         return None
     try:
-        worker = worker_mod.get_worker()
+        worker = get_worker()
     except ValueError:  # not inside a task on a worker
         return None
     plugin = worker.plugins.get(PLUGIN_NAME)

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 
 from ..errors import LSIOError
-from ..zarr.boxes import IndexCache
+from ..zarr.shard import IndexCache
 from ..zarr.spec import ArraySpec, local_root, spec_from_array
 
 

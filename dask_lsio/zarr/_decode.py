@@ -38,8 +38,13 @@ def run(items: Iterable[tuple[Any, ...]], work: Callable[..., None], threads: in
     """
     helpers = threads - 1
     if helpers == 0:  # decode inline as completions arrive: no hand-off at all
-        for item in items:
-            work(*item)
+        try:
+            for item in items:
+                work(*item)
+        finally:  # an engine stream left suspended would keep its reads in flight
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
         return
     todo: queue.SimpleQueue = queue.SimpleQueue()
     errors: list[BaseException] = []

@@ -40,11 +40,16 @@ class Jobs:
     dst: np.ndarray
     hint: int = 0  # expected bytes of a read to the end of its object
     missing_is_fill: bool = True  # a read of an absent object means fill_value, not an error
-    key: Callable[[int, int], str] | None = None  # (job, read) -> key; default the read's path
+    key: Callable[[int, int], str] | None = None  # (job, read) -> key; default the read's name
+    names: list[str] | None = None  # per read, its object's path where ``paths`` differ
+
+    def name(self, read: int) -> str:
+        """The path of the object a read reads (``paths`` may name a held-open file)."""
+        return self.names[read] if self.names is not None else self.paths[read]
 
     def job_key(self, job: int, read: int) -> str:
         """The name of a job's chunk in error messages."""
-        return self.key(job, read) if self.key else self.paths[read]
+        return self.key(job, read) if self.key else self.name(read)
 
 
 def cell_boxes(region: tuple[slice, ...], grid: tuple[int, ...]) -> tuple[np.ndarray, ...]:
@@ -78,28 +83,30 @@ def chunk_jobs(spec: ArraySpec, region: tuple[slice, ...]) -> Jobs:
 
 
 def shard_jobs(
-    spec: ArraySpec, region: tuple[slice, ...], paths: list[str], index: list, gap: int,
-    limit: int,
+    spec: ArraySpec, region: tuple[slice, ...], paths: list, index: list, gap: int,
+    limit: int, names: list[str] | None = None,
 ) -> tuple[Jobs | None, tuple[np.ndarray, np.ndarray]]:
     """Sharded arrays: the inner chunks ``region`` needs, found in the shard ``index``es
-    (one per path, None for an absent shard), read as coalesced byte ranges.
+    (one per path, None for an absent shard), read as coalesced byte ranges from ``paths``
+    (the shards' ``names``, or files held open for them).
 
     Returns the jobs (None when every chunk is absent) and the boxes ``(dst, count)`` of the
     absent chunks, which hold fill_value.
     """
     pos, start, count, dst = cell_boxes(region, spec.shard.inner)
     shard_no, entry = _index_entries(spec, region, pos, index)
-    return ranged_jobs(paths, shard_no, entry, (start, count, dst), gap, limit)
+    return ranged_jobs(paths, shard_no, entry, (start, count, dst), gap, limit, names)
 
 
 def ranged_jobs(
-    paths: list[str], shard_no: np.ndarray, entry: np.ndarray, boxes: tuple, gap: int,
-    limit: int,
+    paths: list, shard_no: np.ndarray, entry: np.ndarray, boxes: tuple, gap: int,
+    limit: int, names: list[str] | None = None,
 ) -> tuple[Jobs | None, tuple[np.ndarray, np.ndarray]]:
     """Jobs placing ``boxes`` (start, count, dst rows) of inner chunks found at ``entry``
     (offset, nbytes per row; EMPTY: absent) in the shards ``paths[shard_no]``, read as
-    coalesced byte ranges. Rows of the same chunk (several boxes need it) become adjacent
-    jobs of one read, so it is decoded once.
+    coalesced byte ranges (``names``: the shards' paths, where ``paths`` are files held open
+    for them). Rows of the same chunk (several boxes need it) become adjacent jobs of one
+    read, so it is decoded once.
 
     Returns the jobs (None when every chunk is absent) and the boxes ``(dst, count)`` of the
     absent chunks, which hold fill_value.
@@ -118,11 +125,13 @@ def ranged_jobs(
     ends = np.maximum.reduceat((offsets + lengths)[order], np.cumsum(sizes) - sizes)
     offsets, lengths, rows = offsets[order], lengths[order], keep[order]
     read_paths = [paths[s] for s, _, _ in ranges]
+    read_names = read_paths if names is None else [names[s] for s, _, _ in ranges]
     jobs = Jobs(
         read_paths, starts, ends - starts, np.concatenate([[0], np.cumsum(sizes)]),
         offsets - np.repeat(starts, sizes), lengths, start[rows], count[rows], dst[rows],
         missing_is_fill=False,  # the shard was there for its index: now gone is an error
-        key=lambda j, r: f"{read_paths[r]} bytes {offsets[j]}-{offsets[j] + lengths[j]}",
+        key=lambda j, r: f"{read_names[r]} bytes {offsets[j]}-{offsets[j] + lengths[j]}",
+        names=None if names is None else read_names,
     )
     return jobs, (dst[absent], count[absent])
 

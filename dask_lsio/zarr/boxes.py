@@ -11,49 +11,18 @@ and copy its parts into each box.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import contextlib
 from typing import Any
 
 import numpy as np
 
 from .. import config, metrics
 from ..io import Engine, get_engine
+from ..io.pin import PinnedFiles, max_pinned
 from . import _plan
-from .read import _execute_many, _fill_boxes, _read_indexes, output_for
+from .read import execute_many, fill_boxes, output_for
+from .shard import EMPTY, IndexCache
 from .spec import ArraySpec
-
-EMPTY = _plan.EMPTY
-
-
-class IndexCache:
-    """Shard indexes already read, so that the boxes of later batches need no index reads.
-
-    Parameters
-    ----------
-    spec : ArraySpec
-    capacity : int
-        Shards whose index is kept (least recently used ones are dropped).
-    """
-
-    def __init__(self, spec: ArraySpec, capacity: int = 16384) -> None:
-        self.spec = spec
-        self.capacity = capacity
-        self._index: OrderedDict[tuple[int, ...], np.ndarray | None] = OrderedDict()
-
-    def get(self, shards: np.ndarray, engine: Engine) -> list[np.ndarray | None]:
-        """The index of each shard (rows of grid positions); None for an absent shard."""
-        keys = [tuple(s) for s in shards.tolist()]
-        missing = [k for k in keys if k not in self._index]
-        if missing:
-            found = _read_indexes(self.spec, self.spec.paths(np.array(missing)), engine)
-            self._index.update(zip(missing, found))
-        out = []
-        for k in keys:
-            self._index.move_to_end(k)
-            out.append(self._index[k])
-        while len(self._index) > max(self.capacity, len(keys)):
-            self._index.popitem(last=False)
-        return out
 
 
 def read_boxes(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarray | None = None,
@@ -96,19 +65,20 @@ def read_boxes_many(reads: list[tuple], engine: Engine | None = None,
     engine = engine or get_engine()
     outs = outs or [None] * len(reads)
     results, plans = [], []
-    with metrics.timed(engine.totals, "lsio-read"):
+    # shard files stay open from their index check to their data read (one version each)
+    with metrics.timed(engine.totals, "lsio-read"), contextlib.ExitStack() as pins:
         for (spec, starts, shape, pad, indexes), out in zip(reads, outs):
-            out, stacked, jobs = _prepare(spec, starts, shape, out, pad, engine, indexes)
+            out, stacked, jobs = _prepare(spec, starts, shape, out, pad, engine, indexes, pins)
             results.append(out)
             if jobs is not None:
                 plans.append((spec, jobs, stacked))
         if plans:
-            _execute_many(plans, engine, threads or engine.decode_threads)
+            execute_many(plans, engine, threads or engine.decode_threads)
     return results
 
 
 def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarray | None,
-             pad: Any, engine: Engine, indexes: IndexCache | None):
+             pad: Any, engine: Engine, indexes: IndexCache | None, pins: contextlib.ExitStack):
     """The output (padded where boxes leave the array), its stacked view, and the plan
     (None: nothing to read)."""
     if not spec.shape:
@@ -123,7 +93,7 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
     stacked = out.reshape((full[0] * shape[0],) + shape[1:])
     _pad_outside(spec, starts, shape, out, spec.fill_value if pad is None else pad)
     cells = _box_cells(spec, starts, shape)
-    jobs = None if cells is None else _jobs(spec, cells, stacked, engine, indexes)
+    jobs = None if cells is None else _jobs(spec, cells, stacked, engine, indexes, pins)
     return out, stacked, jobs
 
 
@@ -174,7 +144,7 @@ def _box_cells(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...]):
 
 
 def _jobs(spec: ArraySpec, cells, out: np.ndarray, engine: Engine,
-          indexes: IndexCache | None) -> _plan.Jobs | None:
+          indexes: IndexCache | None, pins: contextlib.ExitStack) -> _plan.Jobs | None:
     """The plan: one read per distinct chunk (or coalesced shard range), its boxes' jobs
     adjacent."""
     pos, start, count, dst = cells
@@ -195,24 +165,29 @@ def _jobs(spec: ArraySpec, cells, out: np.ndarray, engine: Engine,
             hint=spec.codec.nbytes + 4096,
         )
     return _shard_jobs(spec, units, which, (start, count, dst), out, engine,
-                       indexes or IndexCache(spec))
+                       indexes if indexes is not None else IndexCache(spec), pins)
 
 
 def _shard_jobs(spec: ArraySpec, units: np.ndarray, which: np.ndarray, boxes, out: np.ndarray,
-                engine: Engine, indexes: IndexCache) -> _plan.Jobs | None:
+                engine: Engine, indexes: IndexCache,
+                pins: contextlib.ExitStack) -> _plan.Jobs | None:
     """Sharded arrays: the distinct inner chunks found in their shards' indexes, read as
-    coalesced byte ranges; absent ones fill their boxes with fill_value."""
+    coalesced byte ranges; absent ones fill their boxes with fill_value. Each shard is held
+    open (in ``pins``) from the check of its index to the read of its data."""
     per_shard = np.array(spec.shard.per_shard(spec.grid), np.int64)
     shards, shard_no = np.unique(units // per_shard, axis=0, return_inverse=True)
     shard_no = shard_no.reshape(-1)
+    names = spec.paths(shards)
+    # (a batch of more shards than this process may hold open reads them by name)
+    files = pins.enter_context(PinnedFiles(names)) if len(names) <= max_pinned() else None
     table = np.full((len(shards), int(np.prod(per_shard)), 2), EMPTY, np.uint64)
-    for s, idx in enumerate(indexes.get(shards, engine)):
+    for s, idx in enumerate(indexes.get(shards, engine, files)):
         if idx is not None:
             table[s] = idx.reshape(-1, 2)
     inner = np.ravel_multi_index(tuple((units % per_shard).T), tuple(per_shard))
     entry = table[shard_no, inner]  # per distinct chunk; the boxes' rows pick theirs
     jobs, (dst, count) = _plan.ranged_jobs(
-        spec.paths(shards), shard_no[which], entry[which], boxes, config.get_bytes("coalesce-gap"),
-        config.get_bytes("coalesce-max"))
-    _fill_boxes(spec, out, dst, count)
+        names if files is None else files.read_paths, shard_no[which], entry[which], boxes,
+        config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"), names)
+    fill_boxes(spec, out, dst, count)
     return jobs

@@ -43,7 +43,8 @@ class LSIOCodecPipeline(CodecPipeline):
     inner : BatchedCodecPipeline
         zarr-python's pipeline of the same codecs: everything this one does not do itself.
     spec : ArraySpec, optional
-        The array as dask-lsio reads it (its ``root`` is filled in per read); None when its
+        The array as dask-lsio reads it (its ``root`` and ``shape`` are filled in per batch,
+        as zarr-python changes the shape in place without a new pipeline); None when its
         store or codecs rule dask-lsio out.
     store_root : str, optional
         The LocalStore's directory.
@@ -53,6 +54,11 @@ class LSIOCodecPipeline(CodecPipeline):
 
     def __init__(self, inner: BatchedCodecPipeline, spec: ArraySpec | None = None,
                  store_root: str | None = None) -> None:
+        # What this keeps must not go stale while zarr-python keeps the pipeline and changes
+        # the array's metadata in place: of ``spec`` only the codecs, data type, fill value,
+        # chunk grid and key encoding are used (zarr-python changes none of them in place);
+        # the shape (resize, append) and the array's path come from each batch; attributes
+        # are not used; write_empty_chunks comes from each batch's chunk specs.
         self.inner = inner
         self.spec = spec
         self.store_root = store_root
@@ -120,8 +126,15 @@ class LSIOCodecPipeline(CodecPipeline):
             return
         empty = bool(getattr(batch[0][1].config, "write_empty_chunks", False))
         # whole units encoded and renamed into place in one engine batch; units the box
-        # covers in part are read, merged and rewritten whole, as zarr-python does
-        await asyncio.to_thread(update_region, plan.spec, plan.box, values, None, empty, _CORES)
+        # covers in part are read, merged and rewritten whole, as zarr-python does; and as
+        # zarr-python, an unsharded chunk it selects whole (an edge chunk: the part inside
+        # the array) starts from fill_value (a sharded one merges its inner chunks)
+        fresh = None
+        if plan.spec.shard is None:
+            whole = np.array([bool(item[4]) for item in batch])
+            fresh = plan.lo[whole] // np.array(plan.spec.grid, np.int64)
+        await asyncio.to_thread(update_region, plan.spec, plan.box, values, None, empty, _CORES,
+                                fresh)
 
     # -- reads ---------------------------------------------------------------------------------
     async def read(self, batch_info: Iterable[Any], out: Any, drop_axes: tuple[int, ...] = ()) -> None:
@@ -158,7 +171,14 @@ class LSIOCodecPipeline(CodecPipeline):
         if not _tiles(self.spec, box, len(batch)):  # sparse chunks: a box would read far more
             return None
         root = os.path.join(self.store_root, array_path)
-        return _Box(dataclasses.replace(self.spec, root=root), box, lo_a, hi_a, ints, batch)
+        # zarr-python changes an array's shape in place (resize, append) and keeps its
+        # pipeline, so the shape this spec was made with may be stale: nothing here may use
+        # it. The batch's chunks say how far the array reaches at least; the array is taken
+        # to end at their far edges (what lies beyond is not read, and units are written
+        # whole, stored values merged or fill_value, as zarr-python does)
+        reach = tuple(-(-int(h) // g) * g for h, g in zip(hi_a.max(0), self.spec.grid))
+        spec = dataclasses.replace(self.spec, root=root, shape=reach)
+        return _Box(spec, box, lo_a, hi_a, ints, batch)
 
 
 def _chunk_spans(spec: ArraySpec, paths: list[str], batch: list):
@@ -203,12 +223,16 @@ def _whole_chunks(spec: ArraySpec, paths: list[str], batch: list):
         coords = table[:, width - ndim :].astype(np.int64)
     except ValueError:
         return None
-    cells = np.array(spec.grid, np.int64)
-    shape = np.array(spec.shape, np.int64)
-    if tuple(coords[0]) != first or (coords < 0).any() or (coords * cells >= shape).any():
+    if tuple(coords[0]) != first or (coords < 0).any():
         return None
-    lo = coords * cells
-    return array_path, lo, np.minimum(lo + cells, shape), False
+    lo = coords * np.array(spec.grid, np.int64)
+    hi = lo + np.array(spec.grid, np.int64)
+    for axis in range(ndim):  # the last chunks along an axis end where the array ends
+        last = int(np.argmax(coords[:, axis]))
+        s = batch[last][2][axis]
+        hi[coords[:, axis] == coords[last, axis], axis] = lo[last, axis] + (
+            s.stop if isinstance(s, slice) else int(s) + 1)
+    return array_path, lo, hi, False
 
 
 @dataclasses.dataclass
@@ -304,11 +328,11 @@ def _span(spec: ArraySpec, coords: tuple[int, ...], selection: Any):
     """First and one-past-last array index a chunk selection covers, per axis; and whether it
     indexes an axis with an integer."""
     lo, hi, has_int = [], [], False
-    for c, g, n, s in zip(coords, spec.grid, spec.shape, selection):
+    for c, g, s in zip(coords, spec.grid, selection):
         origin = c * g
-        if isinstance(s, slice):
+        if isinstance(s, slice):  # zarr's chunk selections have explicit bounds
             start = s.start or 0
-            stop = s.stop if s.stop is not None else min(g, n - origin)
+            stop = s.stop if s.stop is not None else g
             lo.append(origin + start)
             hi.append(origin + stop)
         else:

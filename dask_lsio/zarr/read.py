@@ -9,16 +9,18 @@ fill_value and anything else an error naming the path.
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import Any, Iterator
 
-import crc32c
 import numpy as np
 
 from .. import config, metrics
 from ..errors import ChunkDecodeError
 from ..io import Engine, get_engine
+from ..io.pin import PinnedFiles, max_pinned
 from . import _decode, _kernel, _plan
+from .shard import read_indexes
 from .spec import ArraySpec
 
 _POOLED = 1 << 20  # outputs from this size on live in recycled memory
@@ -41,18 +43,53 @@ def _read(spec: ArraySpec, region: tuple[slice, ...], engine: Engine, out: np.nd
     if out.size == 0:
         return out
     if spec.shard is None:
-        jobs = _plan.chunk_jobs(spec, region)
-    else:
-        shards = _plan.cell_boxes(region, spec.grid)[0]
-        paths = spec.paths(shards)
-        jobs, (dst, count) = _plan.shard_jobs(
-            spec, region, paths, _read_indexes(spec, paths, engine),
-            config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"),
-        )
-        _fill_boxes(spec, out, dst, count)
-    if jobs is not None:
-        _execute(spec, jobs, out, engine, threads)
+        _execute(spec, _plan.chunk_jobs(spec, region), out, engine, threads)
+        return out
+    # shards held open from their index read to their data read, a bounded number at once
+    for piece in _pieces(region, spec.grid, max_pinned()):
+        target = out[tuple(slice(p.start - r.start, p.stop - r.start)
+                           for p, r in zip(piece, region))]
+        if target.flags.c_contiguous:  # pieces split along the first axes: views of out
+            _read_shards(spec, piece, engine, target, threads)
+        else:
+            target[...] = _read_shards(spec, piece, engine, np.empty_like(target), threads)
     return out
+
+
+def _read_shards(spec: ArraySpec, region: tuple[slice, ...], engine: Engine, out: np.ndarray,
+                 threads: int) -> np.ndarray:
+    """Read a region of a sharded array: each shard's index, then the inner chunks it
+    locates, both through one open descriptor per shard, so both reads see the same version
+    of the shard even while a writer renames a new one into place."""
+    names = spec.paths(_plan.cell_boxes(region, spec.grid)[0])
+    with PinnedFiles(names) as files:
+        jobs, (dst, count) = _plan.shard_jobs(
+            spec, region, files.read_paths, read_indexes(spec, names, engine, files.read_paths),
+            config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max"), names,
+        )
+        fill_boxes(spec, out, dst, count)
+        if jobs is not None:
+            _execute(spec, jobs, out, engine, threads)
+    return out
+
+
+def _pieces(region: tuple[slice, ...], grid: tuple[int, ...],
+            limit: int) -> Iterator[tuple[slice, ...]]:
+    """``region`` cut on the grid into pieces of at most ``limit`` cells, along the first
+    axes first (so that most pieces are contiguous parts of a C-order output)."""
+    counts = [(s.stop - 1) // g - s.start // g + 1 for s, g in zip(region, grid)]
+    if math.prod(counts) <= limit:
+        yield region
+        return
+    axis = next(a for a, c in enumerate(counts) if c > 1)
+    step = max(1, limit // math.prod(counts[axis + 1:])) * grid[axis]
+    s = region[axis]
+    start = s.start
+    while start < s.stop:
+        stop = min(s.stop, (start // step + 1) * step)
+        yield from _pieces(region[:axis] + (slice(start, stop),) + region[axis + 1:], grid,
+                           limit)
+        start = stop
 
 
 def output_for(shape: tuple[int, ...], dtype: np.dtype, engine: Engine,
@@ -92,7 +129,7 @@ def _execute(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray, engine: Engine,
     _settle(spec, jobs, out, failed)
 
 
-def _execute_many(plans: list[tuple[ArraySpec, _plan.Jobs, np.ndarray]], engine: Engine,
+def execute_many(plans: list[tuple[ArraySpec, _plan.Jobs, np.ndarray]], engine: Engine,
                   threads: int) -> None:
     """Run the plans of several arrays: in ONE engine batch when the kernel decodes them
     all, else one after the other."""
@@ -115,9 +152,11 @@ def _settle(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
     else is raised, naming the array."""
     for i, exc in sorted(failed, key=lambda f: f[0]):
         if not (jobs.missing_is_fill and isinstance(exc, FileNotFoundError)):
+            if isinstance(exc, OSError):
+                exc.filename = jobs.name(i)  # the object, not a descriptor it was read by
             _reraise(spec, exc)
         rows = slice(int(jobs.job_at[i]), int(jobs.job_at[i + 1]))
-        _fill_boxes(spec, out, jobs.dst[rows], jobs.count[rows])
+        fill_boxes(spec, out, jobs.dst[rows], jobs.count[rows])
 
 
 def _decode_numcodecs(spec: ArraySpec, jobs: _plan.Jobs, out: np.ndarray,
@@ -172,7 +211,7 @@ def _place(codec, buf: Any, key: str, out: np.ndarray, src, dst) -> np.ndarray |
     return decoded
 
 
-def _fill_boxes(spec: ArraySpec, out: np.ndarray, dst: np.ndarray, count: np.ndarray) -> None:
+def fill_boxes(spec: ArraySpec, out: np.ndarray, dst: np.ndarray, count: np.ndarray) -> None:
     """Set the boxes ``dst`` + ``count`` of ``out`` (rows of (n, ndim) arrays) to fill_value."""
     for d, c in zip(dst.tolist(), count.tolist()):
         out[tuple(slice(a, a + k) for a, k in zip(d, c))] = spec.fill_value
@@ -183,34 +222,3 @@ def _reraise(spec: ArraySpec, exc: BaseException) -> None:
     note naming the array, so callers can still catch PermissionError and friends."""
     exc.add_note(f"while reading the Zarr array at {spec.root!r}")
     raise exc
-
-
-def _read_indexes(spec: ArraySpec, paths: list[str], engine: Engine) -> list[np.ndarray | None]:
-    """Each shard's index as an array of (offset, nbytes) pairs; None for a missing shard."""
-    layout = spec.shard
-    per_shard = layout.per_shard(spec.grid)
-    n = layout.index_nbytes(spec.grid)
-    offsets = np.full(len(paths), -n if layout.index_at_end else 0, dtype=np.int64)
-    lengths = np.full(len(paths), -1 if layout.index_at_end else n, dtype=np.int64)
-    out: list[np.ndarray | None] = [None] * len(paths)
-    for i, buf in engine.read_ranges(paths, offsets, lengths, errors="return"):
-        if isinstance(buf, FileNotFoundError):
-            continue
-        if isinstance(buf, BaseException):
-            _reraise(spec, buf)
-        out[i] = _parse_index(buf, n, layout.index_crc32c, per_shard, paths[i])
-    return out
-
-
-def _parse_index(buf: Any, n: int, crc: bool, per_shard, path: str) -> np.ndarray:
-    data = memoryview(buf).cast("B")
-    what = "sharding_indexed index"
-    if len(data) != n:
-        raise ChunkDecodeError(path, what, f"index of {len(data)} bytes, expected {n}")
-    if crc:
-        want = int.from_bytes(data[-4:], "little")
-        if crc32c.crc32c(data[:-4]) != want:
-            raise ChunkDecodeError(path, what, "index crc32c mismatch")
-        data = data[:-4]
-    return np.frombuffer(data, dtype="<u8").reshape(per_shard + (2,)).copy()
-

@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import numpy as np
 import zarr
 
-from ..errors import LSIOError, UnsupportedCodecError
+from ..errors import LSIOError, UnsupportedCodecError, UnsupportedStoreError
 from .codecs import ChunkCodec, v2_chain, v3_chain
 
 
@@ -113,27 +113,44 @@ def _index_names(count: int, end: str) -> np.ndarray:
 
 
 def local_path(url: Any) -> str:
-    """The local directory of a path, a ``file://`` URL or a ``zarr.Array`` on a LocalStore;
-    :class:`UnsupportedCodecError` for any other store (s3://, memory:// ...)."""
+    """The local directory of a path, a ``file://`` URL, a ``zarr.storage.LocalStore`` (or a
+    ``StorePath`` on one) or a ``zarr.Array`` on a LocalStore; :class:`UnsupportedStoreError`
+    naming what it is for anything else (s3:// URLs, a MemoryStore ...)."""
     if isinstance(url, zarr.Array):
-        store = url.store_path.store
-        if not isinstance(store, zarr.storage.LocalStore):
-            raise UnsupportedCodecError(f"arrays on {type(store).__name__}", None)
-        return os.path.join(str(store.root), url.store_path.path)
+        return local_path(url.store_path)
+    if isinstance(url, zarr.storage.StorePath):
+        return os.path.join(local_path(url.store), url.path)
+    if isinstance(url, zarr.storage.LocalStore):
+        return str(url.root)
+    if not isinstance(url, (str, os.PathLike)):
+        raise UnsupportedStoreError(describe_store(url))
     path = os.fspath(url)
     if "://" not in path:  # a plain path (which may hold a colon)
         return path
     parsed = urlparse(path)
     if parsed.scheme != "file":
-        raise UnsupportedCodecError(f"stores at {parsed.scheme}:// URLs", None)
+        raise UnsupportedStoreError(describe_store(path))
     return parsed.path
+
+
+def describe_store(store: Any) -> str:
+    """What a store is, for messages: ``"a zarr.storage.MemoryStore"``, ``"s3:// URLs"``."""
+    if isinstance(store, zarr.Array):
+        return f"arrays in {describe_store(store.store_path.store)}"
+    if isinstance(store, (str, os.PathLike)):
+        scheme = urlparse(os.fspath(store)).scheme
+        return f"{scheme}:// URLs" if scheme and scheme != "file" else "local paths"
+    kind = type(store)
+    module = "zarr.storage" if kind.__module__.startswith("zarr.storage") else kind.__module__
+    return f"a {module}.{kind.__name__}"
 
 
 def local_root(url: Any, component: str | None) -> tuple[str, zarr.Array]:
     """The directory of the array at ``url``/``component`` and the array opened there.
 
-    ``url`` may be a path, a ``file://`` URL, or a ``zarr.Array`` on a LocalStore. Other
-    stores raise :class:`UnsupportedCodecError` (read through zarr-python instead).
+    ``url`` may be a path, a ``file://`` URL, a ``zarr.storage.LocalStore`` or a
+    ``zarr.Array`` on one. Other stores raise :class:`UnsupportedStoreError` (read through
+    zarr-python instead).
     """
     if isinstance(url, zarr.Array):
         return local_path(url), url

@@ -1,10 +1,12 @@
 """Write a region of a Zarr array: encode every chunk (or whole shard) it covers, then write
 them all in one engine batch, each object to a temporary name renamed into place.
 
-The format layer of ``to_zarr``: the region must be made of whole write units (shards, or
-chunks when unsharded), except where it ends at the array's edge; edge units are padded with
-fill_value to their full shape, as zarr-python stores them. Units that hold only fill_value
-are not written, and a stale object left by an earlier write is deleted (zarr-python's
+The format layer of ``to_zarr`` and the codec pipeline: :func:`write_region` takes regions
+made of whole write units (shards, or chunks when unsharded), except where they end at the
+array's edge; edge units are padded with fill_value to their full shape, as zarr-python stores
+them. :func:`update_region` takes any region: the units it covers in part are read, merged and
+written back whole under their write locks. Units that hold only fill_value are not written,
+and a stale object left by an earlier write is deleted (zarr-python's
 ``write_empty_chunks=False``).
 """
 
@@ -14,10 +16,10 @@ import crc32c
 import numpy as np
 
 from .. import metrics
-from ..io import Engine, get_engine
+from ..io import Engine, get_engine, locks
 from . import _decode
 from ._plan import EMPTY, cell_boxes
-from .read import read_region
+from .boxes import read_boxes
 from .spec import ArraySpec
 
 
@@ -70,17 +72,61 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
 
 def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
                   engine: Engine | None = None, write_empty_chunks: bool = False,
-                  threads: int = 1) -> int:
+                  threads: int = 1, fresh: np.ndarray | None = None) -> int:
     """:func:`write_region` for any region: units it covers only in part are read, updated
-    and written whole. The caller must be the only writer of those units (``to_zarr`` cuts
-    blocks on the unit grid, so each partial unit belongs to one task)."""
+    and written back whole.
+
+    Each such unit is read and written back under its write lock (:mod:`dask_lsio.io.locks`),
+    so writers of disjoint regions that share a unit (tasks of one ``to_zarr``, independent
+    jobs, zarr-python writers through the codec pipeline) never erase each other's values.
+
+    Parameters
+    ----------
+    fresh : numpy.ndarray, optional
+        Grid positions (rows) of units covered in part that start from fill_value instead
+        of their stored values (zarr-python's rule for an edge chunk whose part inside the
+        array is selected whole).
+    """
     outer = covering_region(spec, region)
     if outer == region:
         return write_region(spec, region, values, engine, write_empty_chunks, threads)
     engine = engine or get_engine()
-    merged = read_region(spec, outer, engine, threads=threads)
-    merged[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer))] = values
-    return write_region(spec, outer, merged, engine, write_empty_chunks, threads)
+    grid = np.array(spec.grid, np.int64)
+    pos, _, count, dst = cell_boxes(outer, spec.grid)
+    lo = pos * grid
+    hi = np.minimum(lo + grid, np.array(spec.shape, np.int64))
+    start = np.array([s.start for s in region], np.int64)
+    stop = np.array([s.stop for s in region], np.int64)
+    partial = ~((lo >= start) & (hi <= stop)).all(axis=1)
+    merge = partial.copy()
+    if fresh is not None and len(fresh):
+        merge &= ~_rows_in(pos, np.asarray(fresh, np.int64))
+    shape = tuple(s.stop - s.start for s in outer)
+    # the parts of fresh units outside the region are fill_value; all else is overwritten
+    fill = bool((partial & ~merge).any())
+    merged = np.full(shape, spec.fill_value, spec.dtype) if fill else np.empty(shape, spec.dtype)
+    inside = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer))
+    with locks.locked(spec.paths(pos[merge])):
+        if merge.any():
+            stored = read_boxes(spec, lo[merge], spec.grid, pad=spec.fill_value, engine=engine,
+                                threads=threads)
+            for unit, d, c in zip(stored, dst[merge].tolist(), count[merge].tolist()):
+                merged[_box(d, c)] = unit[_box([0] * len(c), c)]
+        merged[inside] = values
+        return write_region(spec, outer, merged, engine, write_empty_chunks, threads)
+
+
+def _box(start, count) -> tuple[slice, ...]:
+    return tuple(slice(a, a + k) for a, k in zip(start, count))
+
+
+def _rows_in(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Whether each row of ``rows`` is a row of ``table`` (both (n, ndim) int arrays)."""
+    if rows.shape[1] == 0:
+        return np.full(len(rows), len(table) > 0)
+    dims = np.maximum(rows.max(axis=0), table.max(axis=0)) + 1
+    return np.isin(np.ravel_multi_index(tuple(rows.T), dims),
+                   np.ravel_multi_index(tuple(table.T), dims))
 
 
 def covering_region(spec: ArraySpec, region: tuple[slice, ...]) -> tuple[slice, ...]:
