@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import shutil
@@ -633,6 +634,63 @@ def save_json(path: Path, meta: dict, rows: list[dict], checks: list[Check]) -> 
         for c in checks
     ]
     path.write_text(json.dumps({"meta": meta, "results": rows, "checks": checks_out}, indent=1))
+    save_chart(path.with_suffix(".png"), rows, f"{path.stem} ({meta.get('date', '')[:10]}, "
+               f"{meta.get('cpus', '?')} cores)")
+
+
+# row keys that say which case a result is (a chart's groups), and the rates it can show
+_CASE_KEYS = ("dataset", "kind", "workload", "cache")
+_RATES = {"gb_per_s": "GB/s", "files_per_s": "files/s", "crops_per_s": "crops/s",
+          "examples_per_s": "examples/s", "steps_per_s": "steps/s"}
+
+
+def save_chart(path: Path, rows: list[dict], title: str) -> Path | None:
+    """A bar chart of ``rows`` beside the JSON: per case (dataset, workload, cache ...) one
+    bar per reader, on a log scale (readers differ by 100x); one panel per unit. Needs
+    matplotlib (the bench extra); without it, says so and draws nothing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"(no chart: matplotlib is not installed; pip install -e '.[bench]')")
+        return None
+    panels: dict[str, list[tuple[str, str, float]]] = {}
+    for r in rows:
+        key = next((k for k in _RATES if isinstance(r.get(k), (int, float)) and r[k] > 0), None)
+        if key is None or r.get("error"):
+            continue
+        case = " ".join(str(r[k]) for k in _CASE_KEYS if r.get(k) not in (None, ""))
+        panels.setdefault(key, []).append((case, str(r.get("reader", "?")), float(r[key])))
+    if not panels:
+        return None
+    fig, axes = plt.subplots(len(panels), 1, squeeze=False,
+                             figsize=(10, 3.2 * len(panels) + 0.8))
+    for ax, (key, items) in zip(axes[:, 0], panels.items()):
+        cases = list(dict.fromkeys(c for c, _, _ in items))
+        readers = list(dict.fromkeys(r for _, r, _ in items))
+        width = 0.8 / len(readers)
+        for i, reader in enumerate(readers):
+            got = {c: v for c, r, v in items if r == reader}
+            xs = [k + (i - (len(readers) - 1) / 2) * width for k, c in enumerate(cases) if c in got]
+            values = [got[c] for c in cases if c in got]
+            bars = ax.bar(xs, values, width, label=reader)
+            ax.bar_label(bars, [f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values],
+                         fontsize=6, rotation=90, padding=2)
+        ax.set_yscale("log")
+        low, high = min(v for *_, v in items), max(v for *_, v in items)
+        ax.set_ylim(10 ** math.floor(math.log10(low)), 10 ** (math.log10(high) + 0.6))
+        ax.set_ylabel(_RATES[key])
+        ax.set_xticks(range(len(cases)), cases, fontsize=8, rotation=15 if len(cases) > 4 else 0)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, ncol=min(4, len(readers)), loc="upper right")
+    axes[0, 0].set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"chart: {path}")
+    return path
 
 
 def write_json(path: Path, results: list[Result], checks: list[Check], meta: dict) -> None:

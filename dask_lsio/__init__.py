@@ -3,8 +3,8 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
-from .errors import (BatchIOError, ChunkDecodeError, EngineUnavailableError, LSIOError,
-                     UnsupportedCodecError, UnsupportedStoreError)
+from .errors import (ArrayNotFoundError, BatchIOError, ChunkDecodeError, EngineUnavailableError,
+                     LSIOError, UnsupportedCodecError, UnsupportedStoreError)
 from .graph import from_zarr, open_zarr, to_zarr
 from .io import ReadRequest, get_engine
 from .loader import RandomCrops, iter_blocks
@@ -29,6 +29,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
 __all__ = [
+    "ArrayNotFoundError",
     "BatchIOError",
     "ChunkDecodeError",
     "EngineUnavailableError",

@@ -10,9 +10,23 @@ from __future__ import annotations
 
 import os
 
+import zarr.errors
+
 
 class LSIOError(Exception):
     """Base class of the errors raised by dask-lsio itself."""
+
+
+class ArrayNotFoundError(LSIOError, zarr.errors.ArrayNotFoundError):
+    """No Zarr array where one was asked for. The message names the place.
+
+    Also zarr-python's ``ArrayNotFoundError`` (so a ``FileNotFoundError`` and a
+    ``ValueError``), which is what ``zarr.open_array`` and ``dask.array.from_zarr`` raise:
+    code written for them catches it.
+    """
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
 
 
 class EngineUnavailableError(LSIOError, RuntimeError):
@@ -33,9 +47,19 @@ class UnsupportedCodecError(LSIOError, NotImplementedError):
     this error when ``lsio.strict`` is true.
     """
 
-    def __init__(self, what: str, codec: str | None = None) -> None:
+    def __init__(self, what: str, codec: str | None = None, array: str | None = None) -> None:
         super().__init__(f"dask-lsio does not decode {what}")
+        self.what = what
         self.codec = codec
+        self.array = None
+        if array:
+            self.name_array(array)
+
+    def name_array(self, array: str) -> None:
+        """Say which array this is about (once; the message then names it)."""
+        if self.array is None:
+            self.array = array
+            self.args = (f"{self.args[0]} (the Zarr array at {array!r})",)
 
 
 class UnsupportedStoreError(UnsupportedCodecError):
@@ -48,8 +72,9 @@ class UnsupportedStoreError(UnsupportedCodecError):
 
     def __init__(self, what: str) -> None:
         LSIOError.__init__(self, f"dask-lsio does not read or write {what} itself")
-        self.codec = None
         self.what = what
+        self.codec = None
+        self.array = None
 
 
 class ChunkDecodeError(LSIOError, ValueError):

@@ -18,8 +18,21 @@ command -v fio >/dev/null 2>&1 || missing+=(fio)
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${LSIO_NO_APT:-}" ]; then
     echo "system-deps: installing ${missing[*]} with apt-get"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    # another apt (unattended upgrades, a second setup) may hold its locks: dpkg's lock is
+    # waited for by apt itself (2 minutes), the package lists' lock by retrying (18 x 10 s);
+    # then it fails with apt's own message
+    apt() {
+        local tries=0
+        until apt-get -o DPkg::Lock::Timeout=120 "$@"; do
+            tries=$((tries + 1))
+            [ $tries -lt 18 ] || return 1
+            echo "system-deps: apt-get $1 failed (another apt holding its lock?), retrying" \
+                 "in 10 s" >&2
+            sleep 10
+        done
+    }
+    apt update -qq
+    apt install -y -qq "${missing[@]}" >/dev/null
 else
     echo "system-deps: ${missing[*]} missing and not installed (needs root and apt-get);" \
          "without liburing-dev dask-lsio uses its thread engine, without the codec" \

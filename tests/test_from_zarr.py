@@ -128,8 +128,18 @@ def test_accepts_zarr_array_group_component_and_url(big):
 
 
 def test_missing_array(tmp_path):
-    with pytest.raises(LSIOError, match="no readable Zarr array at .*nothing"):
-        dask_lsio.from_zarr(tmp_path / "nothing")
+    """The error zarr-python and dask raise (ArrayNotFoundError: a FileNotFoundError and a
+    ValueError), also an LSIOError, naming the place."""
+    for catch in (FileNotFoundError, ValueError, zarr.errors.ArrayNotFoundError, LSIOError):
+        with pytest.raises(catch, match="no Zarr array at .*nothing.*found nothing"):
+            dask_lsio.from_zarr(tmp_path / "nothing")
+    zarr.open_group(tmp_path / "g", mode="w")
+    with pytest.raises(dask_lsio.ArrayNotFoundError, match="found a group"):
+        dask_lsio.from_zarr(tmp_path / "g")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "zarr.json").write_text("{not json")
+    with pytest.raises(LSIOError, match="unreadable Zarr metadata at .*bad"):
+        dask_lsio.from_zarr(tmp_path / "bad")
 
 
 def corrupt(path, how):

@@ -243,5 +243,7 @@ def test_without_the_kernel_numcodecs_decodes(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "decode: numcodecs (built without the decode kernel" in out.stdout
+    assert "decode: numcodecs, several times slower" in out.stdout
     assert "values ok" in out.stdout
+    # said once, loudly, on first use (the build record here says built: so it cannot load)
+    assert out.stderr.count("C decode kernel was built but cannot be loaded") == 1

@@ -225,3 +225,58 @@ def test_batches_read_on_a_local_cluster_equal_local_ones(cube, loopback_cluster
             dask_worker))
         (worker_totals,) = totals.values()
         assert worker_totals["lsio-read [objects]"] > 0  # read by the worker's engine
+
+
+@pytest.fixture
+def undecoded(tmp_path):
+    """A sharded array whose chain dask-lsio does not decode (zarr-python 3.1 puts its
+    default zstd after sharding_indexed when given serializer=ShardingCodec alone), with
+    dimension names and values that encode their position."""
+    import warnings
+
+    from zarr.codecs import BytesCodec, ShardingCodec
+
+    values = np.arange(16 * 8 * 8, dtype="float32").reshape(16, 8, 8)
+    zarr.open_group(tmp_path / "g", mode="w")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zarr: sharding followed by a codec is slow
+        z = zarr.create_array(tmp_path / "g" / "u", shape=values.shape, chunks=(4, 8, 8),
+                              dtype="float32", dimension_names=["time", "y", "x"],
+                              serializer=ShardingCodec(chunk_shape=(2, 8, 8),
+                                                       codecs=[BytesCodec()]))
+        z[...] = values
+    return str(tmp_path / "g" / "u"), values
+
+
+def test_crops_of_a_chain_we_do_not_decode_fall_back_to_zarr(undecoded):
+    """Every front end reads what zarr-python reads: crops of such an array come from
+    zarr-python, with a warning naming the array; lsio.strict refuses."""
+    import dask
+
+    path, values = undecoded
+    xr = pytest.importorskip("xarray")
+    with pytest.warns(UserWarning, match=r"sharding_indexed .*u'\): crops of source"):
+        crops = RandomCrops(path, {"time": 3, "y": 5}, batch_size=6, seed=2, length=2,
+                            outside="pad")
+    for b, batch in enumerate(crops):
+        for k, start in enumerate(crops.locations(0, b)["u"]):
+            t, y, x = start.tolist()
+            want = np.full((3, 5, 8), 0.0, "float32")  # zarr's fill_value pads
+            part = values[max(t, 0):t + 3, max(y, 0):y + 5]
+            want[max(-t, 0):max(-t, 0) + part.shape[0], max(-y, 0):max(-y, 0) + part.shape[1]] = part
+            np.testing.assert_array_equal(batch["u"][k], want)
+    with pytest.warns(UserWarning, match="through dask.array.from_zarr"):
+        ds = dask_lsio.open_zarr(path.rsplit("/", 1)[0], consolidated=False)["u"].to_dataset()
+    with pytest.warns(UserWarning, match="crops of source"):
+        crops = RandomCrops(ds, {"time": 2}, batch_size=4, seed=3, length=1)
+    (batch,) = list(crops)
+    for k, start in enumerate(crops.locations(0, 0)["u"]):
+        np.testing.assert_array_equal(batch["u"][k], values[start[0]:start[0] + 2])
+    with pytest.warns(UserWarning, match="through dask.array.from_zarr"):
+        np.testing.assert_array_equal(np.concatenate(list(iter_blocks(path))), values)
+    with dask.config.set({"lsio.strict": True}):
+        with pytest.raises(dask_lsio.UnsupportedCodecError, match="sharding_indexed"):
+            RandomCrops(path, {"time": 3}, batch_size=2)
+        with pytest.raises(dask_lsio.UnsupportedCodecError, match="sharding_indexed"):
+            next(iter_blocks(path))
+    del xr

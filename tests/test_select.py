@@ -50,9 +50,14 @@ def test_config_from_environment():
 
 
 FALLBACK = """
-import sys, logging
+import sys, logging, types
 logging.basicConfig(level=logging.WARNING)
 sys.modules["dask_lsio.io._uring_ext"] = None   # as if built without liburing
+record = types.ModuleType("dask_lsio._build_info")  # setup.py's record of such a build
+record.BUILD_INFO = {"format": 1, "extensions": {"uring": {
+    "status": "failed", "reason": "liburing-dev not found and no C compiler for the bundled "
+    "sources", "fix": "install a C compiler (apt-get install gcc), then reinstall"}}}
+sys.modules["dask_lsio._build_info"] = record
 import dask_lsio
 from dask_lsio.errors import EngineUnavailableError
 print("kind", dask_lsio.get_engine().kind)
@@ -67,10 +72,19 @@ def test_fallback_when_built_without_liburing():
     out = run_python(FALLBACK)
     assert "kind threads" in out.stdout, out.stderr
     assert "raised the io_uring engine cannot run here" in out.stdout
-    assert "liburing-dev" in out.stdout
+    assert "liburing-dev not found" in out.stdout and "apt-get install gcc" in out.stdout
     assert "uses the thread engine" in out.stderr  # logged once, with the reason
     info = run_python(FALLBACK.split("import dask_lsio")[0] + "from dask_lsio.__main__ import main; main(['info'])")
-    assert "engine: threads" in info.stdout and "built without liburing" in info.stdout
+    assert "engine: threads" in info.stdout
+    assert "built without its io_uring engine" in info.stdout
+    assert "io_uring engine: not built: liburing-dev not found" in info.stdout
+
+
+def test_a_built_engine_that_cannot_load_says_how_to_fix_it():
+    """Built against a system liburing since removed: reinstall with the bundled sources."""
+    code = FALLBACK.split("record = ")[0] + "import dask_lsio\nprint(dask_lsio.io.uring_status().reason)"
+    out = run_python(code)
+    assert "was built but cannot be loaded" in out.stdout and "LSIO_BUNDLED=1" in out.stdout
 
 
 SYSCTL = "/proc/sys/kernel/io_uring_disabled"

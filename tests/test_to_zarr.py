@@ -218,8 +218,21 @@ def test_unsupported_dtype_falls_back_or_raises(tmp_path):
     with pytest.warns(UserWarning, match="through zarr-python"):
         dask_lsio.to_zarr(strings, tmp_path / "s", chunks=(2,), dtype=str)
     assert list(zarr.open_array(tmp_path / "s")[...]) == ["a", "bb", "ccc", "d"]
-    with dask.config.set({"lsio.strict": True}), pytest.raises(UnsupportedCodecError):
+    with dask.config.set({"lsio.strict": True}), \
+            pytest.raises(UnsupportedCodecError, match="s2"):  # names the array
         dask_lsio.to_zarr(strings, tmp_path / "s2", chunks=(2,), dtype=str)
+    assert not (tmp_path / "s2").exists()  # refused before anything was written
+    with dask.config.set({"lsio.strict": True}), pytest.raises(UnsupportedCodecError):
+        dask_lsio.to_zarr(strings, tmp_path / "s", chunks=(2,), dtype=str, mode="w")
+    assert list(zarr.open_array(tmp_path / "s")[...]) == ["a", "bb", "ccc", "d"]  # kept
+
+
+def test_region_into_a_missing_array_writes_nothing(tmp_path):
+    x = da.ones((4, 4), chunks=2)
+    for catch in (FileNotFoundError, ValueError, dask_lsio.LSIOError):  # zarr's and dask's
+        with pytest.raises(catch, match="no Zarr array at .*nothing.*region"):
+            dask_lsio.to_zarr(x, tmp_path / "nothing", region=(slice(0, 4), slice(0, 4)))
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_other_stores_go_through_dask_in_whole_units():

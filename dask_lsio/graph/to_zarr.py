@@ -14,8 +14,9 @@ from dask.array.core import to_zarr as dask_to_zarr
 from dask.array.slicing import normalize_index
 
 from .. import config
-from ..errors import UnsupportedCodecError, UnsupportedStoreError
-from ..zarr.spec import describe_store, local_path, local_root, spec_from_array
+from ..errors import ArrayNotFoundError, UnsupportedCodecError, UnsupportedStoreError
+from ..zarr.spec import (describe_store, local_path, local_root, spec_from_array,
+                         spec_from_metadata)
 from .target import ZarrTarget, plain_region
 
 _MODES = ("r+", "a", "w", "w-")
@@ -87,7 +88,8 @@ def to_zarr(
         return _through_dask(arr, url, component, storage_options, region, compute,
                              return_stored, mode, kwargs, elsewhere)
     component = component or kwargs.pop("name", None)
-    z = url if isinstance(url, zarr.Array) else _open_or_create(arr, url, component, mode, kwargs)
+    z = url if isinstance(url, zarr.Array) else _open_or_create(arr, url, component, mode,
+                                                                 kwargs, region)
     region = _region(z, arr, region)
     try:
         spec = spec_from_array(*local_root(z, None))
@@ -146,15 +148,20 @@ def _region(z: zarr.Array, arr: da.Array, region: tuple | None) -> tuple[slice, 
 
 
 def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
-                    kwargs: dict) -> zarr.Array:
-    """The array at ``url``/``component``: opened (modes a, r+) or created (a, w, w-)."""
+                    kwargs: dict, region: tuple | None) -> zarr.Array:
+    """The array at ``url``/``component``: opened (modes a, r+) or created (a, w, w-).
+
+    Whatever fails is found before anything is written: a missing array for a region or
+    ``r+``, and (with ``lsio.strict``) an array dask-lsio would not write itself."""
     root = os.path.abspath(local_path(url))
     store = url if isinstance(url, zarr.storage.LocalStore) else root  # keeps its read_only
     path = os.path.join(root, component or "")
     exists = os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(
         os.path.join(path, ".zarray"))
-    if mode == "r+" and not exists:
-        raise FileNotFoundError(f"no Zarr array at {path!r} to write into (mode='r+')")
+    if not exists and (mode == "r+" or region is not None):
+        why = "mode='r+'" if mode == "r+" else f"region={region}"
+        raise ArrayNotFoundError(f"no Zarr array at {path!r} to write into ({why}): create "
+                                 "it first, e.g. with to_zarr without a region")
     if mode == "r+" or (mode == "a" and exists and not kwargs.get("overwrite")):
         if kwargs:
             raise ValueError(f"an array exists at {path!r}: creation options {sorted(kwargs)} "
@@ -167,6 +174,9 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
         kwargs["overwrite"] = True
     if mode == "w-" and exists:
         raise FileExistsError(f"an array exists at {path!r} (mode='w-')")
+    if config.get("strict"):  # refuse before any metadata is written (or replaced)
+        probe = zarr.create_array(store=zarr.storage.MemoryStore(), **kwargs)
+        spec_from_metadata(path, probe.metadata)
     return zarr.create_array(store=store, name=component, **kwargs)
 
 

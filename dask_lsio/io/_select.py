@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 
 from .. import config
+from ..build import missing_reason
 from ..errors import BatchIOError, EngineUnavailableError
 from .engine import Engine
 from .requests import ReadRequest
@@ -52,8 +53,7 @@ def uring_status() -> UringStatus:
     from . import _uring
 
     if _uring.lib is None:
-        return status(False, "dask-lsio was built without liburing (liburing-dev was missing "
-                      "at build time): apt-get install liburing-dev, then reinstall dask-lsio")
+        return status(False, missing_reason("uring"))
     if sysctl == "2":
         return status(False, "io_uring is disabled by the kernel (kernel.io_uring_disabled=2)")
     try:

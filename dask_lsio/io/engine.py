@@ -23,10 +23,10 @@ Errors = Literal["raise", "return"]
 
 
 class Engine(ABC):
-    """An IO engine; get one with :func:`dask_lsio.io.get_engine`.
+    """An IO engine; get one with :func:`dask_lsio.get_engine`.
 
     Every method takes a whole batch and is safe to call from many threads at once.
-    :attr:`stats` counts the batches, requests and bytes this engine ran; :attr:`totals`
+    ``stats`` counts the batches, requests and bytes this engine ran; ``totals``
     sums the figures of :mod:`dask_lsio.metrics` (bytes and objects per kind, seconds).
     Read results are memoryviews over recycled buffers: keep them as long as needed, the
     memory is reused only after the last view into it is gone.
@@ -87,9 +87,9 @@ class Engine(ABC):
         ----------
         requests : sequence of ReadRequest
         errors : {"raise", "return"}
-            "raise": after all requests finished, raise a :class:`BatchIOError` holding one
-            ``OSError`` per failed request. "return": a failed request's slot holds its
-            exception.
+            "raise": after all requests finished, raise a :class:`~dask_lsio.BatchIOError`
+            holding one ``OSError`` per failed request. "return": a failed request's slot
+            holds its exception.
         size_hint : int, optional
             Expected size of reads to EOF (default ``lsio.read-size-hint``); larger files are
             read in full all the same.

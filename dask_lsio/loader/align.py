@@ -23,7 +23,7 @@ def align(ref: Source, other: Source, starts: np.ndarray, rng: np.random.Generat
     """Crop starts in ``other`` (n, other's ndim) for crops at ``starts`` (n, ref's ndim)."""
     n = len(starts)
     out = np.empty((n, len(other.dims)), np.int64)
-    for a, (dim, size, length) in enumerate(zip(other.dims, other.crop, other.spec.shape)):
+    for a, (dim, size, length) in enumerate(zip(other.dims, other.crop, other.shape)):
         if dim not in ref.dims:
             out[:, a] = rng.integers(0, max(length - size, 0), n, endpoint=True)
             continue
@@ -66,5 +66,5 @@ def lookup(coords: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 def inside(source: Source, starts: np.ndarray) -> np.ndarray:
     """Whether each crop at ``starts`` lies wholly inside ``source``."""
-    shape = np.array(source.spec.shape, np.int64)
+    shape = np.array(source.shape, np.int64)
     return ((starts >= 0) & (starts + np.array(source.crop, np.int64) <= shape)).all(axis=1)

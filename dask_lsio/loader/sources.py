@@ -1,17 +1,20 @@
 """Sources of crops: whatever the user passes (paths, zarr arrays, dask_lsio arrays, xarray
-objects opened with dask_lsio) as :class:`Source`: an ArraySpec, dimension names, index
+objects opened with dask_lsio) as :class:`Source`: an ArraySpec (or, for an array dask-lsio
+does not decode itself, the zarr-python array read instead), dimension names, index
 coordinates and the crop size along each axis."""
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import numpy as np
 import zarr
 
-from ..errors import LSIOError
+from .. import config
+from ..errors import LSIOError, UnsupportedCodecError
 from ..zarr.shard import IndexCache
 from ..zarr.spec import ArraySpec, local_root, spec_from_array
 
@@ -24,25 +27,50 @@ class Source:
     ----------
     name : str
         The key of its crops in a batch.
-    spec : ArraySpec
+    spec : ArraySpec or None
+        The array as dask-lsio reads it; None when it is read through zarr-python instead
+        (``array``): codecs, data types or stores dask-lsio does not handle itself.
     dims : tuple of str
         Dimension names (``dim_0``, ... when the array has none).
     coords : dict
         1-D coordinate values of the dimensions that have them (xarray indexes).
     crop : tuple of int
         Crop size along each axis (the whole axis where the user gave none).
+    array : zarr.Array or None
+        The zarr-python array read when ``spec`` is None.
     """
 
     name: str
-    spec: ArraySpec
+    spec: ArraySpec | None
     dims: tuple[str, ...]
     coords: dict[str, np.ndarray]
     crop: tuple[int, ...] = ()
     indexes: IndexCache | None = field(default=None, repr=False)
+    array: zarr.Array | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.indexes is None and self.spec.shard is not None:
+        if self.indexes is None and self.spec is not None and self.spec.shard is not None:
             self.indexes = IndexCache(self.spec)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.spec.shape if self.spec is not None else self.array.shape)
+
+    def read_with_zarr(self, starts: np.ndarray, pad: Any = None) -> np.ndarray:
+        """The crops at ``starts`` read through zarr-python, one selection each: the
+        fallback for a source with no ``spec`` (padded as the engine's reads are)."""
+        arr, crop = self.array, np.array(self.crop, np.int64)
+        shape = np.array(self.shape, np.int64)
+        fill = arr.fill_value if pad is None else pad
+        out = np.empty((len(starts), *self.crop), dtype=arr.dtype)
+        for b, start in enumerate(np.asarray(starts, np.int64).reshape(-1, len(crop))):
+            lo, hi = np.clip(start, 0, shape), np.clip(start + crop, 0, shape)
+            if (lo != start).any() or (hi != start + crop).any():
+                out[b] = 0 if fill is None else fill
+            if (hi > lo).all():
+                out[b][tuple(slice(a - s, z - s) for a, z, s in zip(lo, hi, start))] = \
+                    arr[tuple(slice(a, z) for a, z in zip(lo, hi))]
+        return out
 
     def __getstate__(self) -> dict:  # shard indexes are rebuilt where the source goes
         return {k: v for k, v in self.__dict__.items() if k != "indexes"} | {"indexes": None}
@@ -60,8 +88,7 @@ def make_sources(sources: Any, crop: Any) -> list[Source]:
     named = _named(sources)
     out = []
     for name, obj in named:
-        for sub, (spec, dims, coords) in _resolve(name, obj):
-            out.append(Source(sub, spec, dims, coords))
+        out.extend(_resolve(name, obj))
     if not out:
         raise ValueError("RandomCrops needs at least one source")
     names = [s.name for s in out]
@@ -93,29 +120,55 @@ def _is_zarr(obj: Any) -> bool:
     return isinstance(obj, zarr.Array)
 
 
-def _resolve(name: str, obj: Any) -> list[tuple[str, tuple[ArraySpec, tuple, dict]]]:
-    """(name, (spec, dims, coords)) for ``obj``; several for a Dataset."""
+def _resolve(name: str, obj: Any) -> list[Source]:
+    """The source (crop size not set yet) of ``obj``; several for a Dataset."""
     kind = type(obj).__module__.split(".")[0] + "." + type(obj).__name__
     if kind == "xarray.Dataset":
-        return [(f"{name}/{var}" if name != "data" else str(var), _from_xarray(obj[var]))
+        return [_from_xarray(f"{name}/{var}" if name != "data" else str(var), obj[var])
                 for var in obj.data_vars]
     if kind == "xarray.DataArray":
-        return [(name, _from_xarray(obj))]
+        return [_from_xarray(name, obj)]
     if kind == "dask.Array" or type(obj).__name__ == "Array" and hasattr(obj, "dask"):
-        spec = _spec_of_dask(obj, name)
-        return [(name, (spec, _dims_default(spec), {}))]
-    root, arr = local_root(obj, None)
-    spec = spec_from_array(root, arr)
-    return [(name, (spec, _zarr_dims(arr), {}))]
+        spec, arr = _source_of_dask(obj, name)
+        return [Source(name, spec, _dims_default(len(obj.shape)), {}, array=arr)]
+    try:
+        root, arr = local_root(obj, None)
+        spec = spec_from_array(root, arr)
+    except UnsupportedCodecError as e:  # codecs, dtypes or stores we do not read ourselves
+        arr = obj if isinstance(obj, zarr.Array) else zarr.open_array(obj, mode="r")
+        return [Source(name, None, _zarr_dims(arr), {}, array=_fallback(name, arr, e))]
+    return [Source(name, spec, _zarr_dims(arr), {})]
 
 
-def _from_xarray(da: Any) -> tuple[ArraySpec, tuple, dict]:
-    spec = _spec_of_dask(da.data, str(da.name))
+def _fallback(name: str, arr: zarr.Array, why: UnsupportedCodecError) -> zarr.Array:
+    """``arr``, read through zarr-python (with a warning), unless ``lsio.strict``."""
+    if config.get("strict"):
+        raise why
+    warnings.warn(f"{why}: crops of source {name!r} are read through zarr-python (correct, "
+                  "slower)", stacklevel=5)
+    return arr
+
+
+def _from_xarray(name: str, da: Any) -> Source:
+    spec, arr = _source_of_dask(da.data, str(da.name))
     coords = {d: np.asarray(da.indexes[d]) for d in da.dims if d in da.indexes}
-    return spec, tuple(str(d) for d in da.dims), coords
+    return Source(name, spec, tuple(str(d) for d in da.dims), coords, array=arr)
 
 
-def _spec_of_dask(arr: Any, name: str) -> ArraySpec:
+def _source_of_dask(arr: Any, name: str) -> tuple[ArraySpec | None, zarr.Array | None]:
+    """What a from_zarr dask array reads: its ArraySpec, or the zarr-python array that
+    dask_lsio.from_zarr fell back to (dask.array.from_zarr's graph holds it)."""
+    try:
+        return spec_of_dask(arr, name), None
+    except LSIOError:
+        found = [v for v in arr.__dask_graph__().values() if isinstance(v, zarr.Array)]
+        if len(found) != 1 or tuple(found[0].shape) != tuple(arr.shape):
+            raise
+        why = UnsupportedCodecError("this array", None, str(found[0].store_path))
+        return None, _fallback(name, found[0], why)
+
+
+def spec_of_dask(arr: Any, name: str) -> ArraySpec:
     """The ArraySpec behind a dask_lsio.from_zarr array (unsliced)."""
     from ..graph.source import ZarrSource
 
@@ -140,15 +193,15 @@ def _zarr_dims(arr: zarr.Array) -> tuple[str, ...]:
     return tuple(f"dim_{i}" for i in range(arr.ndim))
 
 
-def _dims_default(spec: ArraySpec) -> tuple[str, ...]:
-    return tuple(f"dim_{i}" for i in range(len(spec.shape)))
+def _dims_default(ndim: int) -> tuple[str, ...]:
+    return tuple(f"dim_{i}" for i in range(ndim))
 
 
 def _crop_of(source: Source, crop: Any) -> tuple[int, ...]:
     """The crop size along each axis of ``source``."""
     if isinstance(crop, Mapping) and source.name in crop:
         crop = crop[source.name]
-    shape = source.spec.shape
+    shape = source.shape
     if isinstance(crop, Mapping):
         unknown = set(crop) - set(source.dims)
         sizes = tuple(int(crop.get(d, n)) for d, n in zip(source.dims, shape))

@@ -9,11 +9,12 @@ import dask
 import numpy as np
 from dask.utils import parse_bytes
 
-from ..errors import LSIOError
+from ..errors import LSIOError, UnsupportedCodecError
+from ..graph.from_zarr import from_zarr
 from ..zarr.read import read_region
 from ..zarr.spec import ArraySpec, local_root, spec_from_array
 from .prefetch import prefetched
-from .sources import _spec_of_dask
+from .sources import spec_of_dask
 
 
 def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int = 4,
@@ -44,7 +45,7 @@ def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int =
     numpy.ndarray
     """
     data = getattr(array, "data", None) if type(array).__name__ == "DataArray" else array
-    spec, bounds = _blocks(data, axis)
+    data, spec, bounds = _blocks(data, axis)
     workers = max(1, threads or os.cpu_count() or 1)
     if spec is None:
         thunks = (lambda s=s: np.asarray(data[_index(data.ndim, axis, s)].compute())
@@ -56,20 +57,24 @@ def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int =
     return prefetched(thunks, max(prefetch, 1), workers, ordered)
 
 
-def _blocks(array: Any, axis: int) -> tuple[ArraySpec | None, list[slice]]:
-    """The array's spec (None: a dask array dask-lsio does not read) and its block slices."""
+def _blocks(array: Any, axis: int) -> tuple[Any, ArraySpec | None, list[slice]]:
+    """What to read (``array``, or a dask array for it), the array's spec (None: a dask
+    array dask-lsio does not read) and the block slices along ``axis``."""
     if hasattr(array, "__dask_graph__"):
         ndim = array.ndim
         axis = _axis(axis, ndim)
         try:
-            spec = _spec_of_dask(array, "array")
+            spec = spec_of_dask(array, "array")
         except LSIOError:  # any other dask array: computed by dask
             spec = None
-        return spec, _slices(array.chunks[axis])
-    root, arr = local_root(array, None)
-    spec = spec_from_array(root, arr)
+        return array, spec, _slices(array.chunks[axis])
+    try:
+        root, arr = local_root(array, None)
+        spec = spec_from_array(root, arr)
+    except UnsupportedCodecError:  # what we do not read ourselves: from_zarr's fallback
+        return _blocks(from_zarr(array), axis)  # (with its warning; lsio.strict raises)
     axis = _axis(axis, len(spec.shape))
-    return spec, _slices(_steps(spec, axis))
+    return array, spec, _slices(_steps(spec, axis))
 
 
 def _steps(spec: ArraySpec, axis: int) -> tuple[int, ...]:

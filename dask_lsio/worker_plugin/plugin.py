@@ -63,7 +63,7 @@ class LSIOWorkerPlugin(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         """Create this worker's engine (the worker's dask.config supplies the defaults) and
-        set glibc's mmap threshold (``lsio.worker-mmap-threshold``, see ``_malloc``)."""
+        set glibc's mmap threshold (``lsio.worker-mmap-threshold``)."""
         threshold = config.get("worker-mmap-threshold")
         set_mmap_threshold(config.get_bytes("worker-mmap-threshold") if threshold else None)
         with self._lock:

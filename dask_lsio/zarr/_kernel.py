@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
+from ..build import warn_missing
 from ..errors import ChunkDecodeError
 from ..io import Engine
 from ..io._batch import read_capacities, spans as part_spans
@@ -44,7 +45,10 @@ def kernel_codec(codec: ChunkCodec) -> int | None:
     """The kernel's id for ``codec``'s chain, or None when the kernel cannot decode it:
     at most one of blosc/zstd/gzip/zlib, no filters, transpose or checksum, native byte
     order, at most 16 dimensions."""
-    if lib is None or codec.filters or codec.order is not None or codec.crc32c:
+    if lib is None:
+        warn_missing("kernel")  # once per process: why, and that numcodecs is slower
+        return None
+    if codec.filters or codec.order is not None or codec.crc32c:
         return None
     if not codec.dtype.isnative or len(codec.shape) > MAX_DIM or len(codec.byte_codecs) > 1:
         return None

@@ -8,8 +8,9 @@ decodes them with the read path of ``from_zarr`` (the C kernel where it applies)
 such a selection encodes whole chunks (or shards) and writes them in one engine batch, each
 renamed into place (units it covers in part are read, merged and rewritten whole). Everything
 else (other stores, codecs or buffers, integer-array and mask selections, and the per-chunk
-``decode``/``encode`` calls) goes to zarr-python's ``BatchedCodecPipeline`` unchanged. ``lsio.strict`` raises instead of delegating a read that the array's codecs or
-store rule out.
+``decode``/``encode`` calls) goes to zarr-python's ``BatchedCodecPipeline`` unchanged. With
+``lsio.strict``, opening an array on a LocalStore whose codecs or data type dask-lsio does not
+handle raises :class:`~dask_lsio.LSIOError` instead of delegating it.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class LSIOCodecPipeline(CodecPipeline):
             spec = spec_from_metadata("", array_metadata)
         except UnsupportedCodecError as e:
             if config.get("strict"):  # not as NotImplementedError: zarr-python would catch it
-                raise LSIOError(f"{e} (lsio.strict is set)") from e
+                raise LSIOError(f"{e}, in the LocalStore at {str(store.root)!r} (lsio.strict "
+                                "is set)") from e
             return cls(inner)
         return cls(inner, spec, str(store.root))
 

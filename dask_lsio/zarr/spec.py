@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import numpy as np
 import zarr
 
-from ..errors import LSIOError, UnsupportedCodecError, UnsupportedStoreError
+from ..errors import ArrayNotFoundError, LSIOError, UnsupportedCodecError, UnsupportedStoreError
 from .codecs import ChunkCodec, v2_chain, v3_chain
 
 
@@ -155,10 +155,15 @@ def local_root(url: Any, component: str | None) -> tuple[str, zarr.Array]:
     if isinstance(url, zarr.Array):
         return local_path(url), url
     root = os.path.abspath(os.path.join(local_path(url), component or ""))
+    if not any(os.path.isfile(os.path.join(root, m)) for m in ("zarr.json", ".zarray")):
+        what = "a group" if os.path.isfile(os.path.join(root, ".zgroup")) else "nothing"
+        raise ArrayNotFoundError(f"no Zarr array at {root!r} (found {what} there)")
     try:
         arr = zarr.open_array(store=root, mode="r")
-    except Exception as e:  # zarr raises several types for missing or broken metadata
-        raise LSIOError(f"no readable Zarr array at {root!r}: {type(e).__name__}: {e}") from e
+    except zarr.errors.NodeTypeValidationError as e:  # a v3 group's zarr.json
+        raise ArrayNotFoundError(f"no Zarr array at {root!r} (found a group there)") from e
+    except Exception as e:  # zarr raises several types for broken metadata
+        raise LSIOError(f"unreadable Zarr metadata at {root!r}: {type(e).__name__}: {e}") from e
     return root, arr
 
 
@@ -168,7 +173,19 @@ def spec_from_array(root: str, arr: zarr.Array) -> ArraySpec:
 
 
 def spec_from_metadata(root: str, metadata: Any) -> ArraySpec:
-    """Build the spec from zarr-python's ``ArrayV2Metadata`` / ``ArrayV3Metadata``."""
+    """Build the spec from zarr-python's ``ArrayV2Metadata`` / ``ArrayV3Metadata``.
+
+    Raises :class:`UnsupportedCodecError` naming the array (``root``) for what dask-lsio
+    does not decode itself."""
+    try:
+        return _spec(root, metadata)
+    except UnsupportedCodecError as e:
+        if root:
+            e.name_array(root)
+        raise
+
+
+def _spec(root: str, metadata: Any) -> ArraySpec:
     meta = metadata.to_dict()
     shape = tuple(int(s) for s in metadata.shape)
     dtype = np.dtype(metadata.dtype.to_native_dtype())
