@@ -8,6 +8,8 @@ from .errors import (ArrayNotFoundError, BatchIOError, ChunkDecodeError, EngineU
 from .graph import from_zarr, open_zarr, to_zarr
 from .io import ReadRequest, get_engine
 from .loader import RandomCrops, iter_blocks
+from . import pipeline  # noqa: F401  (registers LSIOCodecPipeline with zarr-python)
+from .store import cleanup
 
 
 def __getattr__(name: str):
@@ -41,6 +43,7 @@ __all__ = [
     "UnsupportedCodecError",
     "UnsupportedStoreError",
     "__version__",
+    "cleanup",
     "from_zarr",
     "get_engine",
     "iter_blocks",

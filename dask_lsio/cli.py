@@ -120,8 +120,6 @@ def decode_path(engine: Any) -> str:
 
     if _kernel.lib is None:
         return f"numcodecs, several times slower ({missing_reason('kernel')})"
-    if not _kernel.engine_runs_hooks(engine):
-        return "numcodecs (the C decode kernel runs inside io_uring batches only)"
     return "C kernel for blosc, zstd, gzip/zlib and uncompressed chunks; numcodecs otherwise"
 
 
@@ -196,10 +194,10 @@ def reader_of(arr: Any) -> str:
     """How dask-lsio reads ``arr``: the C kernel, numcodecs, or zarr-python (and why)."""
     from .errors import UnsupportedCodecError
     from .zarr import _kernel
-    from .zarr.spec import local_root, spec_from_array
+    from .zarr.spec import open_array, spec_from_array
 
     try:
-        spec = spec_from_array(*local_root(arr, None))
+        spec = spec_from_array(*open_array(arr))
     except UnsupportedCodecError as e:
         return f"zarr-python (slower): {e}"
     if _kernel.kernel_codec(spec.codec) is not None and _kernel.lib is not None:

@@ -63,8 +63,8 @@ class UnsupportedCodecError(LSIOError, NotImplementedError):
 
 
 class UnsupportedStoreError(UnsupportedCodecError):
-    """The array lives in a store that dask-lsio does not read or write itself (yet): a
-    ``zarr.storage.MemoryStore``, an fsspec store, a remote URL ... The message names it.
+    """The array lives in a store that dask-lsio does not read or write itself (yet): an
+    fsspec store, a remote URL, a memory store on a cluster ... The message names it.
 
     Caught like :class:`UnsupportedCodecError`: the front ends then go through zarr-python
     or dask (with one warning), or raise when ``lsio.strict`` is true.

@@ -37,6 +37,8 @@ SAME_CHUNKS_AS_DASK = {
     "test_zarr_nocompute": DEFAULT_CHUNKS,
     "test_zarr_distributed_roundtrip": DEFAULT_CHUNKS,
     "test_zarr_distributed_with_explicit_directory_store": DEFAULT_CHUNKS,
+    "test_zarr_existing_array": DEFAULT_CHUNKS,
+    "test_zarr_regions": DEFAULT_CHUNKS,
 }
 IRREGULAR = ("they expect dask's UserWarning 'The array uses irregular chunk sizes', which "
              "announces dask's own rechunk to regular blocks before writing: dask_lsio "
@@ -52,6 +54,21 @@ SPLIT = ("dask_lsio warns (PerformanceWarning) when the caller's blocks split st
          "turns that advice into a failure. Ignored for these tests only")
 IGNORE_SPLIT_WARNING = {
     "test_read_zarr_chunks": SPLIT,
+}
+RISKY = ("they expect dask's PerformanceWarning 'The input Dask array will be rechunked along "
+         "axis ...', which announces that dask's blocks may split the array's write units "
+         "(and lose data): dask_lsio rechunks to whole write units and merges partial ones "
+         "under locks, silently. For these tests to_zarr into a zarr.Array emits dask's "
+         "warning where dask's own check does, so the rest of the test runs on dask_lsio")
+DASK_RISKY_WARNING = {
+    "test_zarr_risky_shards_warns": RISKY,
+    "test_zarr_regions": RISKY,
+}
+OUR_GRAPH = ("it asserts that with inline_array=False the zarr.Array object itself is a value "
+             "of the graph: dask_lsio's graph holds its picklable ZarrSource instead (one "
+             "object, as the test counts). Expected to fail (strict)")
+XFAIL = {
+    "test_zarr_inline_array[False]": OUR_GRAPH,
 }
 # Suite-wide: dask_lsio warns once per call it hands to dask or zarr-python (stores it does
 # not handle: MemoryStore, {} ...; "... (correct, slower)"). dask's filterwarnings=error would
@@ -125,6 +142,8 @@ def _route() -> None:
                 and not core._check_regular_chunks(arr.chunks)):
             warnings.warn("The array uses irregular chunk sizes. (emitted by "
                           "dask_suite_plugin for dask's test)", UserWarning, stacklevel=2)
+        if "dask's risky warning" in _ACTIVE and isinstance(url, zarr.Array):
+            _warn_as_dask_would(url, kwargs.get("region"))
         before = sum(COUNTS[k] for k in _KEYS if k.startswith("to_zarr:"))
         try:
             return dask_lsio.to_zarr(arr, url, *args, **kwargs)
@@ -134,6 +153,28 @@ def _route() -> None:
 
     da.from_zarr = core.from_zarr = from_zarr
     da.to_zarr = core.to_zarr = to_zarr
+
+
+def _warn_as_dask_would(z, region) -> None:
+    """dask's check before writing into an existing zarr.Array (the lines of
+    dask.array.core._write_dask_to_existing_zarr that warn), for its warning only: the
+    rechunk it warns about is not dask_lsio's, which writes whole units."""
+    from dask.array.core import PerformanceWarning, _get_zarr_write_chunks, normalize_chunks
+    from dask.array.slicing import new_blockdim, normalize_index
+
+    zarr_write = _get_zarr_write_chunks(z)
+    dask_write = normalize_chunks("auto", shape=z.shape, dtype=z.dtype,
+                                  previous_chunks=zarr_write)
+    if region is not None:
+        index = normalize_index(region, z.shape)
+        dask_write = tuple(tuple(new_blockdim(s, c, r))
+                           for s, c, r in zip(z.shape, dask_write, index))
+    for ax, (dw, zw) in enumerate(zip(dask_write, zarr_write)):
+        if len(dw) >= 1 and dw[0] % zw:
+            warnings.warn(f"The input Dask array will be rechunked along axis {ax} (emitted "
+                          "by dask_suite_plugin for dask's test)", PerformanceWarning,
+                          stacklevel=3)
+            break
 
 
 def pytest_configure(config):
@@ -146,6 +187,8 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(items):
     for item in items:
+        if item.name in XFAIL:
+            item.add_marker(pytest.mark.xfail(reason=XFAIL[item.name], strict=True))
         if item.originalname in IGNORE_SPLIT_WARNING:
             item.add_marker(pytest.mark.filterwarnings(
                 "ignore:chunks .* split the stored:dask.array.core.PerformanceWarning"))
@@ -157,6 +200,8 @@ def pytest_runtest_setup(item):
         _ACTIVE.add("same chunks as dask")
     if item.originalname in DASK_IRREGULAR_WARNING:
         _ACTIVE.add("dask's irregular warning")
+    if item.originalname in DASK_RISKY_WARNING:
+        _ACTIVE.add("dask's risky warning")
 
 
 def pytest_runtest_teardown(item):
@@ -168,6 +213,8 @@ def pytest_terminal_summary(terminalreporter):
     for title, table in (("from_zarr with dask's default chunks", SAME_CHUNKS_AS_DASK),
                          ("to_zarr emits dask's irregular-chunks warning", DASK_IRREGULAR_WARNING),
                          ("dask_lsio's split-chunks PerformanceWarning ignored",
-                          IGNORE_SPLIT_WARNING)):
+                          IGNORE_SPLIT_WARNING),
+                         ("to_zarr emits dask's risky-rechunk warning", DASK_RISKY_WARNING),
+                         ("expected to fail", XFAIL)):
         write(f"adjusted, {title}: {', '.join(table)}")
     write("dask_lsio calls: " + ", ".join(f"{k} {COUNTS[k]}" for k in _KEYS))

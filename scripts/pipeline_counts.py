@@ -6,7 +6,7 @@ does); a write when it reaches ``update_region`` (a planned write can still go t
 selections with dropped axes or out of order, values that do not fill the box).
 """
 
-import dask_lsio.zarr.pipeline as P
+import dask_lsio.pipeline.codec_pipeline as P
 
 COUNTS = {"engine reads": 0, "delegated reads": 0, "engine writes": 0, "delegated writes": 0}
 

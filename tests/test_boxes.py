@@ -15,7 +15,7 @@ from zarr_cases import arrays, make_array
 
 from dask_lsio.errors import ChunkDecodeError
 from dask_lsio.io import get_engine
-from dask_lsio.zarr.boxes import read_boxes
+from dask_lsio.zarr.read import read_boxes
 from dask_lsio.zarr.shard import IndexCache
 from dask_lsio.zarr.spec import spec_from_array
 
@@ -98,7 +98,7 @@ def test_several_arrays_in_one_batch(tmp_path):
     chunk of the second is fill_value, a corrupt one names its path."""
     from zarr.codecs import ZstdCodec
 
-    from dask_lsio.zarr.boxes import read_boxes_many
+    from dask_lsio.zarr.read import BoxRead, read_boxes_many
 
     rng = np.random.default_rng(2)
     a_vals = rng.random((6, 32, 32)).astype("float32")
@@ -114,15 +114,15 @@ def test_several_arrays_in_one_batch(tmp_path):
     starts_a, starts_b = np.array([[0, 3, 5], [2, 20, 1]]), np.array([[0, 0, 0], [1, 9, 9]])
     engine = get_engine()
     before = engine.stats["batches"]
-    got_a, got_b = read_boxes_many([(specs[0], starts_a, (3, 10, 10), None, None),
-                                    (specs[1], starts_b, (2, 6, 6), None, None)], engine)
+    got_a, got_b = read_boxes_many([BoxRead(specs[0], starts_a, (3, 10, 10)),
+                                    BoxRead(specs[1], starts_b, (2, 6, 6))], engine)
     assert engine.stats["batches"] == before + 1
     np.testing.assert_array_equal(got_a, expected_boxes(a_vals, starts_a, (3, 10, 10), 0))
     np.testing.assert_array_equal(got_b, expected_boxes(b_vals, starts_b, (2, 6, 6), -7))
     (tmp_path / "b" / "c" / "1" / "2" / "2").write_bytes(b"not zstd")
     with pytest.raises(ChunkDecodeError, match="b/c/1/2/2"):
-        read_boxes_many([(specs[0], starts_a, (3, 10, 10), None, None),
-                         (specs[1], starts_b, (2, 6, 6), None, None)], engine)
+        read_boxes_many([BoxRead(specs[0], starts_a, (3, 10, 10)),
+                         BoxRead(specs[1], starts_b, (2, 6, 6))], engine)
 
 
 def _blosc_values(shape, dtype, rng) -> np.ndarray:

@@ -279,7 +279,7 @@ def test_crops_with_kept_indexes_see_whole_shards_during_rewrites(tmp_path):
     """Boxes read with an IndexCache kept between reads (as RandomCrops does) while a thread
     rewrites every shard with inner chunks of other sizes: a kept index is used only for the
     file it was read from, so every box equals its shard in one written version."""
-    from dask_lsio.zarr.boxes import read_boxes
+    from dask_lsio.zarr.read import read_boxes
     from dask_lsio.zarr.shard import IndexCache
     from dask_lsio.zarr.spec import spec_from_array
 

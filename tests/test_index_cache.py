@@ -1,4 +1,4 @@
-"""The shard-index cache of sharded box reads (``dask_lsio.zarr.boxes.IndexCache``), shared
+"""The shard-index cache of sharded box reads (``dask_lsio.zarr.shard.IndexCache``), shared
 by the two prefetch threads of RandomCrops: thread-safe, bounded by the bytes of the index
 arrays it keeps (``max_bytes``, default ``lsio.index-cache-bytes``), and every index it
 returns is the one in the shard file."""
@@ -20,7 +20,7 @@ from zarr.codecs import ZstdCodec
 import dask_lsio
 from dask_lsio.io import get_engine
 from dask_lsio.loader import RandomCrops
-from dask_lsio.zarr.boxes import IndexCache
+from dask_lsio.zarr.shard import IndexCache
 from dask_lsio.zarr.spec import spec_from_array
 
 # (512, 64) int32 in shards of (4, 64), chunks (2, 32): 128 shards of 4 inner chunks, index
@@ -86,7 +86,6 @@ def test_threads_share_an_evicting_cache(sharded):
     max_bytes = 4096
     cache = IndexCache(spec_from_array(root, zarr.open_array(root, mode="r")),
                        max_bytes=max_bytes)
-    engine = get_engine()
     stop = threading.Event()
     errors: list[str] = []
     calls = [0] * 4
@@ -100,7 +99,7 @@ def test_threads_share_an_evicting_cache(sharded):
                 pool = 24 if hot else N_SHARDS
                 rows = rng.choice(pool, int(rng.integers(1, 7)), replace=False)
                 rows = rows + (int(rng.integers(0, N_SHARDS - pool + 1)) if hot else 0)
-                got = cache.get(_positions(rows), engine)
+                got = cache.get(_positions(rows))
                 _check(got, rows, truth, f"thread {t}")
                 assert cache.nbytes <= max_bytes, f"nbytes {cache.nbytes} > {max_bytes}"
                 calls[t] += 1
@@ -145,16 +144,16 @@ def test_bound_from_dask_config_and_lru(sharded):
         cache = IndexCache(spec)
         for first in range(0, N_SHARDS, 3):
             rows = np.arange(first, min(first + 3, N_SHARDS))
-            _check(cache.get(_positions(rows), engine), rows, truth, f"rows {rows}")
+            _check(cache.get(_positions(rows)), rows, truth, f"rows {rows}")
             assert cache.nbytes <= 1024
         assert 0 < len(cache) < sum(t is not None for t in truth)
         rows = np.array([N_SHARDS - 1])
         reads = engine.stats["batches"]
-        _check(cache.get(_positions(rows), engine), rows, truth, "again")
+        _check(cache.get(_positions(rows)), rows, truth, "again")
         assert engine.stats["batches"] == reads  # a hit: no engine batch
     big = IndexCache(spec)  # the default (64 MiB): keeps them all
     rows = np.arange(N_SHARDS)
-    _check(big.get(_positions(rows), engine), rows, truth, "all")
+    _check(big.get(_positions(rows)), rows, truth, "all")
     assert len(big) >= sum(t is not None for t in truth)
 
 

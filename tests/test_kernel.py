@@ -19,7 +19,7 @@ from dask_lsio.errors import ChunkDecodeError
 from dask_lsio.io import IoUringEngine
 from dask_lsio.zarr import _kernel
 from dask_lsio.zarr.read import read_region
-from dask_lsio.zarr.spec import local_root, spec_from_array
+from dask_lsio.zarr.spec import open_array, spec_from_array
 
 pytestmark = pytest.mark.skipif(_kernel.lib is None, reason="built without the decode kernel")
 
@@ -50,7 +50,7 @@ def make(path, data, chunks, codec="blosc", shards=None, index_location="end", f
 
 
 def spec_of(path):
-    return spec_from_array(*local_root(str(path), None))
+    return spec_from_array(*open_array(str(path)))
 
 
 def test_chains_the_kernel_takes(tmp_path):

@@ -125,7 +125,9 @@ def test_sharded_region_read_in_pieces_of_few_open_files(tmp_path, monkeypatch, 
     z[0:2, 4:8, 3:6] = -1  # one absent shard
     values[0:2, 4:8, 3:6] = -1
     spec = spec_from_array(str(tmp_path / "s"), z)
-    monkeypatch.setattr(read, "max_pinned", lambda: limit)
+    from dask_lsio.store import LocalStore
+
+    monkeypatch.setattr(LocalStore, "max_held", lambda self: limit)
     for region in [(slice(0, 6), slice(0, 10), slice(0, 9)), (slice(1, 5), slice(3, 9), slice(2, 8))]:
         got = read.read_region(spec, region)
         np.testing.assert_array_equal(got, values[region])

@@ -156,7 +156,7 @@ def test_read_only_equality_and_odd_dtypes(tmp_path):
 def test_whole_chunk_bounds_equal_the_per_chunk_parse(tmp_path, monkeypatch, fmt, sep, shards):
     """Batches of whole chunks are planned from their keys in bulk: the same bounds as the
     chunk-by-chunk parse, also for an array path holding the key separator."""
-    from dask_lsio.zarr import pipeline
+    from dask_lsio.pipeline import codec_pipeline as pipeline
 
     encoding = {"name": "default" if fmt == 3 else "v2", "separator": sep}
     group = zarr.open_group(tmp_path / "g", mode="w", zarr_format=fmt)

@@ -22,5 +22,5 @@ def test_paths_name_cells_as_path_does(tmp_path, monkeypatch, fmt, separator, lo
     spec = spec_from_array(str(tmp_path / "a"), z)
     cells = np.stack(np.meshgrid(range(13), range(4), range(1), indexing="ij"), -1)
     cells = cells.reshape(-1, 3)[::-1]
-    assert spec.paths(cells) == [spec.path(tuple(c)) for c in cells.tolist()]
-    assert spec.paths(cells[:0]) == []
+    assert spec.keys(cells) == [spec.key(tuple(c)) for c in cells.tolist()]
+    assert spec.keys(cells[:0]) == []

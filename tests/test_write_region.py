@@ -10,7 +10,7 @@ from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, TransposeCodec, Zst
 
 from conftest import make_engine
 from dask_lsio.zarr.read import read_region
-from dask_lsio.zarr.spec import local_root, spec_from_array
+from dask_lsio.zarr.spec import open_array, spec_from_array
 from dask_lsio.zarr.write import write_region
 
 SHAPE, CHUNKS = (10, 13, 7), (4, 5, 7)
@@ -30,7 +30,7 @@ def create(path, layout, dtype="float32", fill=0):
     kwargs = dict(LAYOUTS[layout])
     z = zarr.create_array(str(path), shape=SHAPE, chunks=CHUNKS, dtype=dtype, fill_value=fill,
                           **kwargs)
-    return spec_from_array(*local_root(str(path), None)), z
+    return spec_from_array(*open_array(str(path))), z
 
 
 def whole(spec):

@@ -15,8 +15,10 @@ from dask.base import tokenize
 from dask.utils import parse_bytes
 
 from .. import config
-from ..errors import UnsupportedCodecError
-from ..zarr.spec import ArraySpec, local_root, spec_from_array
+from ..errors import UnsupportedCodecError, UnsupportedStoreError
+from ..store import describe_store, zarr_view
+from .clients import out_of_reach
+from ..zarr.spec import ArraySpec, open_array, spec_from_array
 from .source import ZarrSource
 
 
@@ -57,15 +59,18 @@ def from_zarr(
     dask.array.Array
     """
     try:
-        root, zarr_array = local_root(url, component)
-        spec = spec_from_array(root, zarr_array)
+        store, zarr_array = open_array(url, component)
+        if out_of_reach(store):  # dask ships the zarr array itself to the workers
+            raise UnsupportedStoreError(f"{describe_store(zarr_view(url))} on a distributed "
+                                        "cluster (its objects live in this process)")
+        spec = spec_from_array(store, zarr_array)
     except UnsupportedCodecError as e:
         if config.get("strict"):
             raise
         warnings.warn(f"{e}: reading {url!r} through dask.array.from_zarr and zarr-python "
                       "(correct, slower)", stacklevel=2)
         # dask's own function as imported, also where dask.array.from_zarr is routed here
-        return dask_from_zarr(url, component=component, storage_options=storage_options,
+        return dask_from_zarr(zarr_view(url), component=component, storage_options=storage_options,
                               chunks=chunks, name=name, inline_array=inline_array, **kwargs)
     blocks = block_chunks(spec, chunks)
     meta = np.empty((0,) * len(spec.shape), dtype=spec.dtype)

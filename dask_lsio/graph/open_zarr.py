@@ -14,7 +14,7 @@ from typing import Any
 
 from .. import config
 from ..errors import UnsupportedStoreError
-from ..zarr.spec import local_path
+from ..store import open_store
 from .from_zarr import from_zarr
 
 
@@ -58,7 +58,7 @@ def open_zarr(
     import xarray as xr
 
     try:
-        base = local_path(store)
+        base = open_store(store)
     except UnsupportedStoreError as e:
         if config.get("strict"):
             raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Any
 
@@ -15,8 +14,9 @@ from dask.array.slicing import normalize_index
 
 from .. import config
 from ..errors import ArrayNotFoundError, UnsupportedCodecError, UnsupportedStoreError
-from ..zarr.spec import (describe_store, local_path, local_root, spec_from_array,
-                         spec_from_metadata)
+from ..store import describe_store, open_store
+from .clients import IN_MEMORY_ON_CLUSTER, out_of_reach
+from ..zarr.spec import found_at, open_array, spec_from_array, spec_from_metadata
 from .target import ZarrTarget, plain_region
 
 _MODES = ("r+", "a", "w", "w-")
@@ -92,13 +92,16 @@ def to_zarr(
                                                                  kwargs, region)
     region = _region(z, arr, region)
     try:
-        spec = spec_from_array(*local_root(z, None))
+        spec = spec_from_array(*open_array(z))
     except UnsupportedCodecError as e:
         if config.get("strict"):
             raise
         warnings.warn(f"{e}: writing {z.store_path} through zarr-python (correct, slower)",
                       stacklevel=2)
         return _store(arr, z, _write_grid(z), region, compute, return_stored)
+    if out_of_reach(spec.store):  # dask's error, as dask raises it
+        raise RuntimeError(IN_MEMORY_ON_CLUSTER)
+    spec.store.cleanup()  # what interrupted writers of this array left behind
     target = ZarrTarget(spec, _write_empty_chunks(z))
     return _store(arr, target, spec.grid, region, compute, return_stored)
 
@@ -153,11 +156,12 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
 
     Whatever fails is found before anything is written: a missing array for a region or
     ``r+``, and (with ``lsio.strict``) an array dask-lsio would not write itself."""
-    root = os.path.abspath(local_path(url))
-    store = url if isinstance(url, zarr.storage.LocalStore) else root  # keeps its read_only
-    path = os.path.join(root, component or "")
-    exists = os.path.exists(os.path.join(path, "zarr.json")) or os.path.exists(
-        os.path.join(path, ".zarray"))
+    base = open_store(url)
+    target = base.child(component) if component else base
+    # a zarr store object keeps its own settings (read_only)
+    store = url if isinstance(url, zarr.abc.store.Store) else base.zarr_target
+    path = target.url
+    exists = found_at(target) == "an array"
     if not exists and (mode == "r+" or region is not None):
         why = "mode='r+'" if mode == "r+" else f"region={region}"
         raise ArrayNotFoundError(f"no Zarr array at {path!r} to write into ({why}): create "
@@ -176,7 +180,7 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
         raise FileExistsError(f"an array exists at {path!r} (mode='w-')")
     if config.get("strict"):  # refuse before any metadata is written (or replaced)
         probe = zarr.create_array(store=zarr.storage.MemoryStore(), **kwargs)
-        spec_from_metadata(path, probe.metadata)
+        spec_from_metadata(target, probe.metadata)
     return zarr.create_array(store=store, name=component, **kwargs)
 
 
@@ -185,7 +189,7 @@ def _not_ours(url: Any, storage_options: dict | None) -> str | None:
     if storage_options:
         return f"{describe_store(url)} with storage_options"
     try:
-        local_path(url)
+        open_store(url)
     except UnsupportedStoreError as e:
         return e.what
     return None

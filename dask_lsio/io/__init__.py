@@ -7,7 +7,7 @@
 
 from .engine import Engine
 from .requests import ReadRequest
-from ._select import UringStatus, get_engine, uring_status
+from ._select import UringStatus, get_engine, new_engine, register_lookup, uring_status
 from ._threads import ThreadEngine
 from ._uring import IoUringEngine
 
@@ -18,5 +18,7 @@ __all__ = [
     "ThreadEngine",
     "UringStatus",
     "get_engine",
+    "new_engine",
+    "register_lookup",
     "uring_status",
 ]

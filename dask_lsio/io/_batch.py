@@ -19,9 +19,10 @@ import numpy as np
 
 from ..errors import io_error
 from ._buffers import ALIGN, BufferPool
-from .requests import ReadRequest
+from .requests import TEMP_SUFFIX, ReadRequest
 
 READ, WRITE, DELETE = 0, 1, 2
+HOOK_STAGE = 10  # a read its hook rejected (LSIO_ST_HOOK of _uring.h)
 # Stages, numbered as in _uring.h; a failure reports the stage it happened in.
 STAGES = {
     1: "open", 2: "stat", 3: "{io}", 4: "fsync", 5: "rename", 6: "unlink", 7: "unlink",
@@ -42,14 +43,6 @@ def encode_paths(paths: Sequence[str]) -> tuple[bytes, np.ndarray]:
     starts[:1] = 0
     starts[1:] = ends[:-1] + 1
     return blob, starts
-
-
-def spans(n: int, parts: int) -> list[tuple[int, int]]:
-    """``[lo, hi)`` bounds of at most ``parts`` contiguous, non-empty parts of ``n`` requests
-    (one part when ``n`` is 0)."""
-    parts = max(1, min(parts, n))
-    bounds = [n * i // parts for i in range(parts + 1)]
-    return list(zip(bounds[:-1], bounds[1:]))
 
 
 def round_up(x: np.ndarray | int, a: int) -> Any:
@@ -198,7 +191,7 @@ def plan_writes(items: Sequence[tuple[Any, Any]]) -> tuple[Batch, dict[int, OSEr
     where = [i for i in range(len(items)) if i not in failed]
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     tmp_paths = [
-        os.path.join(d, f".{b}.{token}-{i}.lsio-tmp")
+        os.path.join(d, f".{b}.{token}-{i}{TEMP_SUFFIX}")
         for i, (d, b) in enumerate(os.path.split(paths[j]) for j in where)
     ]
     views = [memoryview(items[j][1]).cast("B") for j in where]

@@ -6,10 +6,10 @@ import functools
 import logging
 import os
 import platform
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 from .. import config
 from ..build import missing_reason
@@ -19,9 +19,11 @@ from .requests import ReadRequest
 
 logger = logging.getLogger("dask_lsio")
 KINDS = ("auto", "io_uring", "threads")
-PLUGIN_NAME = "dask-lsio"  # the worker plugin's name in ``worker.plugins``
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+# where else an engine may come from before the process's own (the worker plugin registers
+# the engine of the distributed worker running the task): each returns an engine or None
+_lookups: list[Callable[[], Engine | None]] = []
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,10 @@ def get_engine(kind: str | None = None) -> Engine:
     Engine
     """
     if kind is None:
-        engine = _worker_engine()
-        if engine is not None:
-            return engine
+        for lookup in _lookups:
+            engine = lookup()
+            if engine is not None:
+                return engine
     kind = _kind(kind)
     with _lock:
         engine = _engines.get(kind)
@@ -112,10 +115,30 @@ def get_engine(kind: str | None = None) -> Engine:
         return engine
 
 
-def new_engine(kind: str | None = None, **options) -> Engine:
-    """A new engine of ``kind`` (default ``lsio.engine``) that the caller owns and closes;
-    options the kind does not take (``queue_depth`` for threads ...) are ignored."""
-    return _create(_kind(kind), **options)
+def register_lookup(lookup: Callable[[], Engine | None]) -> None:
+    """Make :func:`get_engine` (without ``kind``) ask ``lookup`` first: it returns the engine
+    the calling thread should use (e.g. its distributed worker's), or None."""
+    with _lock:
+        if lookup not in _lookups:
+            _lookups.append(lookup)
+
+
+def new_engine(kind: str | None = None, *, queue_depth: int | None = None,
+               iowq_max_workers: int | None = None, submit_threads: int | None = None,
+               threads: int | None = None, direct_io: bool | None = None,
+               decode_threads: int | None = None) -> Engine:
+    """A new engine of ``kind`` (default ``lsio.engine``) that the caller owns and closes.
+
+    The io_uring options (``queue_depth``, ``iowq_max_workers``, ``submit_threads``) apply
+    to io_uring engines and ``threads`` to thread engines (where "auto" picks either, the
+    other kind's are not used); defaults come from ``lsio.*``."""
+    common = {"direct_io": direct_io, "decode_threads": decode_threads}
+    kind = _kind(kind)
+    if kind == "io_uring":
+        return _create(kind, uring={"queue_depth": queue_depth,
+                                    "iowq_max_workers": iowq_max_workers,
+                                    "submit_threads": submit_threads}, **common)
+    return _create(kind, threads=threads, **common)
 
 
 def _kind(kind: str | None) -> str:
@@ -123,22 +146,6 @@ def _kind(kind: str | None) -> str:
     if kind not in KINDS:
         raise ValueError(f"lsio.engine must be one of {KINDS}, got {kind!r}")
     return _resolve_auto() if kind == "auto" else kind
-
-
-def _worker_engine() -> Engine | None:
-    """The plugin engine of the distributed worker running this task, if any."""
-    worker_mod = sys.modules.get("distributed.worker")  # not imported: no worker here
-    # (another thread may be importing it right now: no worker runs in this process yet)
-    get_worker = getattr(worker_mod, "get_worker", None)
-    if get_worker is None:
-        return None
-    try:
-        worker = get_worker()
-    except ValueError:  # not inside a task on a worker
-        return None
-    plugin = worker.plugins.get(PLUGIN_NAME)
-    engine = plugin.engine(worker) if plugin is not None else None
-    return engine if engine is not None and not engine.closed else None
 
 
 def _resolve_auto() -> str:
@@ -150,18 +157,19 @@ def _resolve_auto() -> str:
     return "threads"
 
 
-def _create(kind: str, queue_depth: int | None = None, threads: int | None = None,
-            **common) -> Engine:
+def _create(kind: str, uring: dict | None = None, threads: int | None = None,
+            direct_io: bool | None = None, decode_threads: int | None = None) -> Engine:
     if kind == "io_uring":
         st = uring_status()
         if not st.available:
             raise EngineUnavailableError(f"the io_uring engine cannot run here: {st.reason}")
         from ._uring import IoUringEngine
 
-        return IoUringEngine(queue_depth=queue_depth, **common)
+        return IoUringEngine(direct_io=direct_io, decode_threads=decode_threads,
+                             **(uring or {}))
     from ._threads import ThreadEngine
 
-    return ThreadEngine(threads=threads, **common)
+    return ThreadEngine(threads=threads, direct_io=direct_io, decode_threads=decode_threads)
 
 
 def _forget_after_fork() -> None:

@@ -17,7 +17,9 @@ import numpy as np
 from .. import config
 from . import _batch
 from ._buffers import ALIGN
+from . import hooks
 from .engine import Engine
+from .hooks import ReadHook
 
 ST_OPEN, ST_STAT, ST_IO, ST_FSYNC, ST_RENAME, ST_UNLINK = 1, 2, 3, 4, 5, 7
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -61,7 +63,7 @@ class ThreadEngine(Engine):
             end, exc = lo, None
             try:
                 while end < hi and not cancelled:
-                    do(batch, end, whole, fsync)
+                    do(batch, end, _view(batch, end, whole), fsync)
                     end += 1
             except BaseException as e:  # not an IO failure: a bug, re-raised by the caller
                 exc = e
@@ -83,17 +85,65 @@ class ThreadEngine(Engine):
                 if not f.cancelled():
                     f.exception()
 
+    def read_hooked(
+        self,
+        paths: list[str],
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        hook: ReadHook,
+        spans: list[tuple[int, int]] | None = None,
+    ) -> dict[int, OSError]:
+        """:meth:`Engine.read_hooked` on the engine's threads: each group of reads gets one
+        buffer and one hook context, reads into the buffer and calls the hook (through cffi,
+        GIL released) before the next read reuses it."""
+        self._check_open()
+        n = len(paths)
+        caps = _batch.read_capacities(offsets, lengths, hook.bufsize, self.direct_io)
+        batch = _batch.Batch(
+            _batch.READ, paths, offsets=offsets, lengths=lengths, caps=caps,
+            addrs=np.zeros(n, np.uint64), direct=self.direct_io, grow=True,
+        )
+        if n == 0:
+            return {}
+        size = int(_batch.round_up(max(int(caps.max()), 1), ALIGN))
+
+        def run_group(lo: int, hi: int) -> None:
+            slab = self.pool.slab(size)
+            view = memoryview(slab)
+            base = hooks.address(slab)
+            ctx = hook.context(lo)
+            for i in range(lo, hi):
+                _read_one(batch, i, view, self.fsync)
+                if batch.err[i]:
+                    continue
+                start, nbytes = int(batch.start[i]), int(batch.nbytes[i])
+                grown = batch.own.pop(i, None)  # a read to EOF larger than the buffer
+                at = base if grown is None else hooks.address(grown)
+                code = hook.call(ctx, i - lo, at + start, nbytes)
+                if code:
+                    batch.err[i] = code
+                    batch.stage[i] = _batch.HOOK_STAGE
+
+        hooks.run_groups(self._pool, hooks.groups(spans or [(0, n)], self.threads), run_group)
+        self._count(batch)
+        return {i: batch.error(i) for i in np.flatnonzero(batch.err).tolist()}
+
     def _close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _read_one(batch: _batch.Batch, i: int, whole: memoryview | None, fsync: bool) -> None:
-    """Read request ``i`` into its buffer, as _uring.c's state machine does."""
+def _view(batch: _batch.Batch, i: int, whole: memoryview | None) -> memoryview | None:
+    """The buffer request ``i`` reads into: the caller's, or its part of the batch's slab."""
+    if batch.kind != _batch.READ:
+        return None
     if batch.views is not None:
-        view = batch.views[i]
-    else:
-        at = int(batch.keep[1][i])
-        view = whole[at : at + int(batch.caps[i])]
+        return batch.views[i]
+    at = int(batch.keep[1][i])
+    return whole[at : at + int(batch.caps[i])]
+
+
+def _read_one(batch: _batch.Batch, i: int, view: memoryview, fsync: bool) -> None:
+    """Read request ``i`` into ``view``, as _uring.c's state machine does."""
     stage = ST_OPEN
     try:
         direct = batch.direct

@@ -13,7 +13,7 @@ import queue
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from .. import config
 from ..errors import EngineUnavailableError
 from . import _batch
 from .engine import Engine
+from . import hooks
+from .hooks import ReadHook
 
 try:  # built at install time; absent when liburing's headers were missing
     from ._uring_ext import ffi, lib
@@ -34,7 +36,7 @@ _MIN_PART = 1024  # requests per submitter thread below which a batch is not spl
 
 def _split(n: int, threads: int) -> list[tuple[int, int]]:
     """Contiguous parts of a batch of ``n`` requests, one per submitter thread."""
-    return _batch.spans(n, min(threads, n // _MIN_PART))
+    return hooks.spans(n, min(threads, n // _MIN_PART))
 
 
 class _Ring:
@@ -219,43 +221,14 @@ class IoUringEngine(Engine):
         paths: list[str],
         offsets: np.ndarray,
         lengths: np.ndarray,
-        bufsize: int,
-        hook: int,
-        make_ctx: Callable[[int], int],
-        parts: int = 1,
+        hook: ReadHook,
         spans: list[tuple[int, int]] | None = None,
-    ) -> _batch.Batch:
-        """Read ranges and hand each one's bytes to a C hook in the ring's thread.
-
-        The ring lends every read a buffer of ``bufsize`` bytes (more when a read to EOF
-        finds a larger file) and takes it back once ``hook`` returned, so the bytes are
-        consumed while still in the CPU cache and memory stays at queue-depth buffers
-        whatever the batch's size. The whole batch runs in C with the GIL released.
-
-        Parameters
-        ----------
-        paths, offsets, lengths
-            The reads, as for :meth:`read_ranges` (lengths of -1 read to EOF).
-        bufsize : int
-            Bytes each read needs (see ``_batch.read_capacities``).
-        hook : int
-            Address of an ``lsio_hook`` C function.
-        make_ctx : callable
-            ``make_ctx(lo)`` returns the hook's context (an address) for the part of the
-            batch that starts at read ``lo``; the hook sees read indices relative to it.
-        parts : int
-            Split the batch into this many contiguous parts run at once on the submitter
-            threads, each on its own ring (and core).
-        spans : list of (int, int), optional
-            The parts as explicit ``[lo, hi)`` bounds instead (covering the batch), e.g. one
-            or more per array when the batch reads several arrays with their own hooks'
-            contexts.
-
-        Returns
-        -------
-        Batch
-            Its ``err`` and ``stage`` columns tell which reads failed (stage 10: the hook).
-        """
+    ) -> dict[int, OSError]:
+        """:meth:`Engine.read_hooked`, run in C: the ring lends every read a buffer of
+        ``hook.bufsize`` bytes (more when a read to EOF finds a larger file) and takes it back
+        once the hook returned, so the bytes are consumed while still in the CPU cache and
+        memory stays at queue-depth buffers whatever the batch's size. Each span runs on a
+        submitter thread with its own ring (and core)."""
         self._check_open()
         n = len(paths)
         batch = _batch.Batch(
@@ -263,16 +236,18 @@ class IoUringEngine(Engine):
             addrs=np.zeros(n, np.uint64), direct=self.direct_io, grow=True,
         )
         if n == 0:
-            return batch
+            return {}
         reqs = ffi.new("lsio_req[]", n)
         keep = _fill(reqs, batch)
-        c_hook = ffi.cast("lsio_hook", hook)
-        spans = spans or _batch.spans(n, parts)
+        c_hook = ffi.cast("lsio_hook", hook.function)
+        spans = spans or [(0, n)]
+        # what the largest read needs (O_DIRECT capacities include the aligned start and end)
+        bufsize = int(_batch.read_capacities(offsets, lengths, hook.bufsize, batch.direct).max())
 
         def run(lo: int, hi: int) -> None:
             ring = self._acquire()
             try:
-                ctx = ffi.cast("void *", make_ctx(lo))
+                ctx = ffi.cast("void *", hook.context(lo))
                 e = lib.lsio_batch_start_hooked(
                     ring.ptr, reqs + lo, hi - lo, int(batch.direct), bufsize, c_hook, ctx
                 )
@@ -294,7 +269,7 @@ class IoUringEngine(Engine):
         _collect(reqs, np.arange(n, dtype=np.int64), batch, np.zeros(n, dtype=np.uint64))
         del keep
         self._count(batch)
-        return batch
+        return {i: batch.error(i) for i in np.flatnonzero(batch.err).tolist()}
 
     def _submitters(self) -> ThreadPoolExecutor:
         with self._lock:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import numpy as np
@@ -17,6 +18,7 @@ from .. import config, metrics
 from ..errors import BatchIOError
 from . import _batch
 from ._buffers import BufferPool
+from .hooks import ReadHook
 from .requests import ReadRequest
 
 Errors = Literal["raise", "return"]
@@ -49,6 +51,7 @@ class Engine(ABC):
         self.fsync = bool(config.get("fsync"))
         self.pool = BufferPool(config.get_bytes("buffer-pool-bytes"))
         self.closed = False
+        self._decode_pool: ThreadPoolExecutor | None = None
         self._stats_lock = threading.Lock()
         self.stats = {"batches": 0, "requests": 0, "bytes": 0}
         self.totals = metrics.Totals()
@@ -65,6 +68,16 @@ class Engine(ABC):
         metrics.record(self.totals, label, len(batch), "objects")
         if batch.kind != _batch.DELETE:
             metrics.record(self.totals, label, nbytes, "bytes")
+
+    @property
+    def decode_pool(self) -> ThreadPoolExecutor:
+        """Threads that decode and encode chunks of the tasks using this engine (numcodecs
+        and numpy release the GIL): room for the decoders of a few tasks at once."""
+        with self._stats_lock:
+            if self._decode_pool is None:
+                self._decode_pool = ThreadPoolExecutor(4 * self.decode_threads,
+                                                       thread_name_prefix="lsio-decode")
+            return self._decode_pool
 
     # -- what an engine implements -------------------------------------------------------
     @abstractmethod
@@ -136,6 +149,36 @@ class Engine(ABC):
         if np.any((lengths >= 0) & (offsets < 0)) or np.any(lengths < -1):
             raise ValueError("a negative offset needs length -1 (a suffix); lengths are >= -1")
         yield from self._read_columns(list(paths), offsets, lengths, errors, size_hint)
+
+    @abstractmethod
+    def read_hooked(
+        self,
+        paths: list[str],
+        offsets: np.ndarray,
+        lengths: np.ndarray,
+        hook: ReadHook,
+        spans: list[tuple[int, int]] | None = None,
+    ) -> dict[int, OSError]:
+        """Read ranges and hand each one's bytes to ``hook`` on the thread that read them.
+
+        The buffers are the engine's and reused once the hook returned: a hook consumes the
+        bytes (e.g. decodes them) and keeps nothing.
+
+        Parameters
+        ----------
+        paths, offsets, lengths
+            The reads, as for :meth:`read_ranges` (lengths of -1 read to EOF).
+        hook : ReadHook
+        spans : list of (int, int), optional
+            Contiguous ``[lo, hi)`` parts covering the batch, each with its own hook context
+            (``hook.context(lo)``), run at once on several threads; default one part.
+
+        Returns
+        -------
+        dict of int to OSError
+            The reads that failed, by index: IO errors, and reads the hook rejected
+            (operation "decode"). Every other read was handed to the hook.
+        """
 
     def _read_columns(self, paths, offsets, lengths, errors, size_hint):
         """Run reads given as columns batch by batch, yielding ``(index, result)``."""
@@ -209,6 +252,8 @@ class Engine(ABC):
         if not self.closed:
             self.closed = True
             self._close()
+            if self._decode_pool is not None:
+                self._decode_pool.shutdown(wait=True)
             self.pool.close()
 
     def _check_open(self) -> None:

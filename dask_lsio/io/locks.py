@@ -108,6 +108,27 @@ def _still_named(fd: int, name: str) -> bool:
     return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
+def remove_stale(name: str) -> bool:
+    """Remove the lock file ``name`` if no writer holds it (its holder died before removing
+    it); True if removed. Taken and removed as a holder would, so waiters start over."""
+    try:
+        fd = os.open(name, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held: a writer is at work
+        os.close(fd)
+        return False
+    try:
+        if not _still_named(fd, name):
+            return False
+        os.unlink(name)
+        return True
+    finally:
+        os.close(fd)
+
+
 def _timeout(timeout: float | None) -> float:
     if timeout is not None:
         return float(timeout)

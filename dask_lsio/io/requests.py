@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Union
 
 PathLike = Union[str, "os.PathLike[str]"]
+# the name ending of a write's temporary object, beside the object (``.<name>.<token>...``)
+TEMP_SUFFIX = ".lsio-tmp"
 
 
 @dataclass(frozen=True, slots=True)

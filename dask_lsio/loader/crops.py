@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..io import get_engine
-from ..zarr.boxes import read_boxes_many
+from ..zarr.read import BoxRead, read_boxes_many
 from .align import align, inside
 from .prefetch import prefetched
 from .sources import Source, make_sources
@@ -168,7 +168,7 @@ def read_batch(sources: list[Source], starts: dict[str, np.ndarray], pad: Any = 
     this process's (or this worker's) engine, decoded on ``threads`` threads (default:
     every core)."""
     ours = [s for s in sources if s.spec is not None]
-    reads = [(s.spec, starts[s.name], s.crop, pad, s.indexes) for s in ours]
+    reads = [BoxRead(s.spec, starts[s.name], s.crop, pad, s.indexes) for s in ours]
     crops = dict(zip([s.name for s in ours],
                      read_boxes_many(reads, get_engine(), threads or os.cpu_count() or 1)))
     for s in sources:

@@ -15,8 +15,9 @@ import zarr
 
 from .. import config
 from ..errors import LSIOError, UnsupportedCodecError
+from ..store import zarr_view
 from ..zarr.shard import IndexCache
-from ..zarr.spec import ArraySpec, local_root, spec_from_array
+from ..zarr.spec import ArraySpec, open_array, spec_from_array
 
 
 @dataclass
@@ -132,10 +133,10 @@ def _resolve(name: str, obj: Any) -> list[Source]:
         spec, arr = _source_of_dask(obj, name)
         return [Source(name, spec, _dims_default(len(obj.shape)), {}, array=arr)]
     try:
-        root, arr = local_root(obj, None)
-        spec = spec_from_array(root, arr)
+        store, arr = open_array(obj)
+        spec = spec_from_array(store, arr)
     except UnsupportedCodecError as e:  # codecs, dtypes or stores we do not read ourselves
-        arr = obj if isinstance(obj, zarr.Array) else zarr.open_array(obj, mode="r")
+        arr = obj if isinstance(obj, zarr.Array) else zarr.open_array(zarr_view(obj), mode="r")
         return [Source(name, None, _zarr_dims(arr), {}, array=_fallback(name, arr, e))]
     return [Source(name, spec, _zarr_dims(arr), {})]
 

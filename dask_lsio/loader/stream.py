@@ -12,7 +12,7 @@ from dask.utils import parse_bytes
 from ..errors import LSIOError, UnsupportedCodecError
 from ..graph.from_zarr import from_zarr
 from ..zarr.read import read_region
-from ..zarr.spec import ArraySpec, local_root, spec_from_array
+from ..zarr.spec import ArraySpec, open_array, spec_from_array
 from .prefetch import prefetched
 from .sources import spec_of_dask
 
@@ -69,8 +69,8 @@ def _blocks(array: Any, axis: int) -> tuple[Any, ArraySpec | None, list[slice]]:
             spec = None
         return array, spec, _slices(array.chunks[axis])
     try:
-        root, arr = local_root(array, None)
-        spec = spec_from_array(root, arr)
+        store, arr = open_array(array)
+        spec = spec_from_array(store, arr)
     except UnsupportedCodecError:  # what we do not read ourselves: from_zarr's fallback
         return _blocks(from_zarr(array), axis)  # (with its warning; lsio.strict raises)
     axis = _axis(axis, len(spec.shape))

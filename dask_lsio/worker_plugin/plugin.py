@@ -8,6 +8,7 @@ travel. Engines are kept per worker (by address), so that several workers in one
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -15,9 +16,12 @@ from distributed import WorkerPlugin
 
 from .. import config
 from ..io import Engine
-from ..io._select import PLUGIN_NAME, new_engine
+from ..io import new_engine, register_lookup
 from . import prometheus
 from ._malloc import set_mmap_threshold
+
+
+PLUGIN_NAME = "dask-lsio"  # the plugin's name in ``worker.plugins``
 
 
 class LSIOWorkerPlugin(WorkerPlugin):
@@ -50,7 +54,7 @@ class LSIOWorkerPlugin(WorkerPlugin):
                  threads: int | None = None) -> None:
         self.options = {"kind": engine, "queue_depth": queue_depth,
                         "decode_threads": decode_threads, "direct_io": direct_io,
-                        "threads": threads}
+                        "threads": threads}  # new_engine's keywords
         self._engines: dict[str, Engine] = {}
         self._lock = threading.Lock()
 
@@ -93,3 +97,23 @@ class LSIOWorkerPlugin(WorkerPlugin):
         out = {f"{label} [{unit}]": v for (label, unit), v in engine.totals.snapshot().items()}
         out.update({f"engine {k}": v for k, v in engine.stats.items()})
         return out
+
+
+def worker_engine() -> Engine | None:
+    """The plugin engine of the distributed worker running this task, if any (registered
+    with :func:`dask_lsio.io.register_lookup`, so :func:`dask_lsio.get_engine` finds it)."""
+    worker_mod = sys.modules.get("distributed.worker")  # not imported: no worker here
+    # (another thread may be importing it right now: no worker runs in this process yet)
+    get_worker = getattr(worker_mod, "get_worker", None)
+    if get_worker is None:
+        return None
+    try:
+        worker = get_worker()
+    except ValueError:  # not inside a task on a worker
+        return None
+    plugin = worker.plugins.get(PLUGIN_NAME)
+    engine = plugin.engine(worker) if plugin is not None else None
+    return engine if engine is not None and not engine.closed else None
+
+
+register_lookup(worker_engine)

@@ -1,11 +1,13 @@
-"""The decode kernel (``_kernel.c``) from Python: execute a plan (:class:`._plan.Jobs`) by
-reading, decoding and placing every chunk in C, in the io_uring engine's ring threads.
+"""The decode kernel (``_kernel.c``) from Python: execute a plan (:class:`.plan.Plan`) by
+reading, decoding and placing every chunk in C, as the store's read hook.
 
-This is the fast path of :mod:`dask_lsio.zarr.read`. Per chunk, Python only formats its path
-(in the plan); everything else is a few numpy operations per block and one C call that runs
-with the GIL released, consuming each read's bytes while they are still in the CPU cache. It applies when
-the engine is io_uring, the kernel was built, and the codec chain is one the kernel decodes
-(see :func:`kernel_codec`); :mod:`~dask_lsio.zarr.read` uses numcodecs otherwise.
+This is the fast path of :mod:`dask_lsio.zarr.read`, for every store: the io_uring engine
+calls the hook in its ring threads, the thread engine and the memory store from their worker
+threads, all with the GIL released. Per chunk, Python only formats its key (in the plan);
+everything else is a few numpy operations per block and the C hook, consuming each read's
+bytes while they are still in the CPU cache. It applies when the kernel was built and the
+codec chain is one it decodes (see :func:`kernel_codec`); :mod:`~dask_lsio.zarr.read` uses
+numcodecs otherwise.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import numpy as np
 from .. import metrics
 from ..build import warn_missing
 from ..errors import ChunkDecodeError
-from ..io import Engine
-from ..io._batch import read_capacities, spans as part_spans
-from ._plan import Jobs
+from ..io import hooks
+from ..store import KeysOf, Store
+from .plan import Plan, Run
 from .codecs import ChunkCodec
 
 try:  # built at install time; absent when the codec libraries' headers were missing
@@ -57,80 +59,79 @@ def kernel_codec(codec: ChunkCodec) -> int | None:
     return _CODECS.get(codec.byte_codecs[0].codec_id)
 
 
-def engine_runs_hooks(engine: Engine) -> bool:
-    """Whether ``engine`` can run the kernel as its read hook (the io_uring engine)."""
-    return lib is not None and hasattr(engine, "read_hooked")
+def run(job: Run, parts: int) -> dict[int, OSError]:
+    """Read, decode and place every job of ``job.plan`` into ``job.out`` (the codec chain
+    must be one :func:`kernel_codec` accepts).
 
-
-def run(jobs: Jobs, out: np.ndarray, codec: ChunkCodec, code: int, engine: Any,
-        parts: int) -> tuple[Any, np.ndarray]:
-    """Read, decode and place every job into ``out``.
-
-    Returns the engine's batch and the reads that failed (indices), which placed nothing:
-    the caller decides what a failure means (a missing chunk object is fill_value).
+    Returns the reads that failed (by index), which placed nothing: the caller decides what
+    a failure means (a missing chunk object is fill_value).
 
     Raises
     ------
     ChunkDecodeError
         For the first chunk the kernel could not decode, naming its key and the codecs.
     """
-    batch, (failed,) = run_many([(jobs, out, codec, code)], engine, parts)
-    return batch, failed
+    return run_many([job], parts)[0]
 
 
-def run_many(plans: list[tuple[Jobs, np.ndarray, ChunkCodec, int]], engine: Any,
-             parts: int) -> tuple[Any, list[np.ndarray]]:
-    """:func:`run` for several plans (of several arrays) in ONE engine batch: each plan's
+def run_many(jobs: list[Run], parts: int) -> list[dict[int, OSError]]:
+    """:func:`run` for several plans (of several arrays, each read from its store; the first
+    store :meth:`~dask_lsio.store.Store.joins` the others) in ONE store batch: each plan's
     reads form their own parts, whose hook contexts decode with that plan's codec into its
-    output. Returns the batch (plan after plan) and each plan's failed reads, as indices
-    into the batch."""
-    base = np.cumsum([0] + [len(j.paths) for j, _, _, _ in plans])
-    keep = [_plan_arrays(j, out) for j, out, _, _ in plans]
+    output. Returns each plan's failed reads, by index within the plan."""
+    base = np.cumsum([0] + [len(j.plan.keys) for j in jobs])
+    codes = [kernel_codec(j.spec.codec) for j in jobs]
+    keep = [_plan_arrays(j.plan, j.out) for j in jobs]
     spans = []
-    for k, (jobs, _, codec, _) in enumerate(plans):
+    for k, j in enumerate(jobs):
         spans += [(int(base[k] + lo), int(base[k] + hi))
-                  for lo, hi in part_spans(len(jobs.paths), _parts(jobs, codec, parts))]
-    # (O_DIRECT capacities include the aligned start and end)
-    bufsize = max(int(read_capacities(j.offsets, j.lengths, j.hint or 1, engine.direct_io).max())
-                  for j, _, _, _ in plans)
+                  for lo, hi in hooks.spans(len(j.plan.keys), _parts(j.plan, j.spec.codec, parts))]
     made: list[Any] = []
 
     def make_ctx(lo: int) -> int:
         k = int(np.searchsorted(base, lo, side="right") - 1)
-        _, out, codec, code = plans[k]
-        made.append(_plan(keep[k], out, codec, code, lo - int(base[k])))
+        made.append(_plan(keep[k], jobs[k].out, jobs[k].spec.codec, codes[k], lo - int(base[k])))
         return int(ffi.cast("uintptr_t", made[-1][0]))
 
-    paths = [p for j, _, _, _ in plans for p in j.paths]
-    batch = engine.read_hooked(paths, np.concatenate([j.offsets for j, _, _, _ in plans]),
-                               np.concatenate([j.lengths for j, _, _, _ in plans]), bufsize,
-                               _hook(), make_ctx, spans=spans)
-    _record_decoded(engine, made)
-    for (jobs, _, codec, _), arrays in zip(plans, keep):
-        _raise_job_error(jobs, codec, arrays["job_err"])
-    failed = np.flatnonzero(batch.err)
-    return batch, [failed[(failed >= a) & (failed < b)] for a, b in zip(base[:-1], base[1:])]
+    hook = hooks.ReadHook(_hook(), make_ctx, _call, max(j.plan.hint for j in jobs) or 1)
+    failed = jobs[0].store.get_hooked_from(
+        [KeysOf(j.store, j.plan.keys) for j in jobs],
+        np.concatenate([j.plan.offsets for j in jobs]),
+        np.concatenate([j.plan.lengths for j in jobs]), hook, spans)
+    _record_decoded(jobs[0].store, made)
+    for j, arrays in zip(jobs, keep):
+        _raise_job_error(j.plan, j.spec.codec, arrays["job_err"])
+    out: list[dict[int, OSError]] = [{} for _ in jobs]
+    for i, exc in failed.items():
+        k = int(np.searchsorted(base, i, side="right") - 1)
+        out[k][i - int(base[k])] = exc
+    return out
 
 
-def _record_decoded(engine: Any, plans: list[tuple[Any, Any, Any]]) -> None:
+def _call(ctx: int, idx: int, data: int, n: int) -> int:
+    """The hook called from Python threads (cffi releases the GIL while it runs)."""
+    return lib.lsio_kernel_hook(ffi.cast("void *", ctx), idx, ffi.cast("const char *", data), n)
+
+
+def _record_decoded(store: Store, plans: list[tuple[Any, Any, Any]]) -> None:
     """Record the bytes the parts' codecs produced (``lsio-decoded``): whole chunks, or the
     parts of them that crops needed."""
-    metrics.record(engine.totals, "lsio-decoded", sum(int(d[0]) for _, _, d in plans), "bytes")
+    metrics.record(store.totals, "lsio-decoded", sum(int(d[0]) for _, _, d in plans), "bytes")
 
 
 def _hook() -> int:
     return int(ffi.cast("uintptr_t", ffi.addressof(lib, "lsio_kernel_hook")))
 
 
-def _parts(jobs: Jobs, codec: ChunkCodec, parts: int) -> int:
+def _parts(jobs: Plan, codec: ChunkCodec, parts: int) -> int:
     """Parts (threads) a plan is worth splitting into: each gets ``_MIN_PART`` reads or
     ``_MIN_PART_BYTES`` of decoding."""
-    n = len(jobs.paths)
+    n = len(jobs.keys)
     decoded = len(jobs.src_off) * codec.nbytes  # at most: chunks cut by the region count whole
     return max(1, min(parts, n, max(n // _MIN_PART, decoded // _MIN_PART_BYTES)))
 
 
-def _raise_job_error(jobs: Jobs, codec: ChunkCodec, job_err: np.ndarray) -> None:
+def _raise_job_error(jobs: Plan, codec: ChunkCodec, job_err: np.ndarray) -> None:
     """The first chunk the kernel could not decode, as a ChunkDecodeError naming it."""
     failed = np.flatnonzero(job_err)
     if len(failed):
@@ -140,7 +141,7 @@ def _raise_job_error(jobs: Jobs, codec: ChunkCodec, job_err: np.ndarray) -> None
         raise ChunkDecodeError(jobs.job_key(j, read), codec.names, reason)
 
 
-def _plan_arrays(jobs: Jobs, out: np.ndarray) -> dict[str, np.ndarray]:
+def _plan_arrays(jobs: Plan, out: np.ndarray) -> dict[str, np.ndarray]:
     """The C-contiguous int64 columns the C plan points into (kept alive by the caller)."""
     dst_off = (jobs.dst.astype(np.int64) * np.asarray(out.strides, np.int64)).sum(axis=1)
     sel = np.ascontiguousarray(np.concatenate([jobs.start, jobs.count], axis=1), np.int64)

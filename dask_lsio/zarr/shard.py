@@ -1,4 +1,5 @@
-"""Shard indexes: read and check them, and keep them for later reads (:class:`IndexCache`).
+"""Shards (``sharding_indexed``): their layout, the index (read, checked, kept for later
+reads by :class:`IndexCache`), the coalescing of inner-chunk reads, and encoding.
 
 A shard's index is an array of little-endian uint64 (offset, nbytes) pairs, one per inner
 chunk (both 2^64-1 for an absent chunk), followed by its crc32c when the array says so, at the
@@ -7,58 +8,77 @@ end of the shard or at its start.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import crc32c
 import numpy as np
 
 from .. import config
 from ..errors import ChunkDecodeError
-from ..io import Engine
-from ..io.pin import PinnedFiles
-from ._plan import EMPTY
-from .spec import ArraySpec
+from ..store import Held, Store
 
-__all__ = ["EMPTY", "IndexCache", "parse_index", "read_indexes"]
+if TYPE_CHECKING:
+    from .spec import ArraySpec
+
+EMPTY = np.uint64(2**64 - 1)  # index entry of an absent inner chunk
+__all__ = ["EMPTY", "IndexCache", "ShardLayout", "coalesce", "encode", "parse_index",
+           "read_indexes", "shared_cache"]
 _ENTRY_OVERHEAD = 200  # bytes a cache entry costs besides its index array (key, links)
 
 
-def read_indexes(spec: ArraySpec, names: Sequence[str], engine: Engine,
-                 read_paths: Sequence[str | None] | None = None) -> list[np.ndarray | None]:
+@dataclass(frozen=True)
+class ShardLayout:
+    """The inner chunking of a ``sharding_indexed`` array."""
+
+    inner: tuple[int, ...]  # inner chunk shape
+    index_at_end: bool
+    index_crc32c: bool
+
+    def per_shard(self, shard: tuple[int, ...]) -> tuple[int, ...]:
+        """Inner chunks per shard along each dimension."""
+        return tuple(s // i for s, i in zip(shard, self.inner))
+
+    def index_nbytes(self, shard: tuple[int, ...]) -> int:
+        """Bytes of the index: (offset, nbytes) uint64 pairs, and a crc32c if any."""
+        return 16 * int(np.prod(self.per_shard(shard))) + (4 if self.index_crc32c else 0)
+
+
+
+def read_indexes(spec: ArraySpec, keys: Sequence[str], store: Store,
+                 present: Sequence[bool] | None = None) -> list[np.ndarray | None]:
     """Each shard's index as an array (chunks per shard..., 2); None for a missing shard.
 
     Parameters
     ----------
     spec : ArraySpec
-    names : sequence of str
-        The shards' paths (named in errors).
-    engine : Engine
-    read_paths : sequence of str or None, optional
-        Where to read each shard instead (e.g. a file held open by
-        :class:`~dask_lsio.io.pin.PinnedFiles`); None marks a shard known to be absent.
+    keys : sequence of str
+        The shards' keys.
+    store : Store
+        Where to read them (e.g. a :class:`~dask_lsio.store.Held` reader of held versions).
+    present : sequence of bool, optional
+        Which shards are known to exist (held); then a missing one is an error, not fill.
     """
     layout = spec.shard
     per_shard = layout.per_shard(spec.grid)
     n = layout.index_nbytes(spec.grid)
-    out: list[np.ndarray | None] = [None] * len(names)
-    paths = list(names) if read_paths is None else read_paths
-    todo = [i for i, p in enumerate(paths) if p is not None]
+    out: list[np.ndarray | None] = [None] * len(keys)
+    todo = [i for i in range(len(keys)) if present is None or present[i]]
     offsets = np.full(len(todo), -n if layout.index_at_end else 0, dtype=np.int64)
     lengths = np.full(len(todo), -1 if layout.index_at_end else n, dtype=np.int64)
     # the whole batch finishes before anything is raised: no read stays in flight
-    results = list(engine.read_ranges([paths[i] for i in todo], offsets, lengths,
-                                      errors="return"))
+    results = list(store.get([keys[i] for i in todo], offsets, lengths, errors="return"))
     for k, buf in results:
         i = todo[k]
-        if isinstance(buf, FileNotFoundError) and read_paths is None:
+        if isinstance(buf, FileNotFoundError) and present is None:
             continue
         if isinstance(buf, BaseException):
-            buf.filename = names[i]  # not the descriptor the file was read through
             buf.add_note(f"while reading the shard index of the Zarr array at {spec.root!r}")
             raise buf
-        out[i] = parse_index(buf, n, layout.index_crc32c, per_shard, names[i])
+        out[i] = parse_index(buf, n, layout.index_crc32c, per_shard, store.name(keys[i]))
     return out
 
 
@@ -82,9 +102,9 @@ class IndexCache:
 
     Safe to share between threads (a loader's prefetch threads do): lookups and updates hold
     a lock, the reads of missing indexes do not. Bounded by the bytes it keeps; the least
-    recently used indexes are dropped first. Given the shards' open files, an index is used
-    only for the very file it was read from (same inode, size and times): a shard rewritten
-    since, by this process or any other, has its index read again.
+    recently used indexes are dropped first. Given the shards held (:meth:`Store.hold`), an
+    index is used only for the very version it was read from (a local file's inode, size and
+    times): a shard rewritten since, by this process or any other, has its index read again.
 
     Parameters
     ----------
@@ -104,15 +124,18 @@ class IndexCache:
     def __len__(self) -> int:
         return len(self._index)
 
-    def get(self, shards: np.ndarray, engine: Engine,
-            files: PinnedFiles | None = None) -> list[np.ndarray | None]:
+    def get(self, shards: np.ndarray, store: Store | None = None, held: Held | None = None,
+            names: list[str] | None = None) -> list[np.ndarray | None]:
         """The index of each shard (rows of grid positions); None for an absent shard.
 
-        ``files``: the shards' files held open, in the order of ``shards``; indexes are then
-        read from those files, and a kept index is used only if it was read from that file.
+        ``store``: where to read missing indexes (default the spec's store). ``held``: the
+        shards held, in the order of ``shards``; indexes are then read from the held
+        versions, and a kept index is used only if it was read from that version (without
+        ``held`` it is used as it is). ``names``: the shards' keys, if known.
         """
+        store = self.spec.store if store is None else store
         keys = [tuple(s) for s in np.asarray(shards).tolist()]
-        ids = [files.identity(i) for i in range(len(keys))] if files else [None] * len(keys)
+        ids = [held.identity(i) for i in range(len(keys))] if held else [None] * len(keys)
         found: dict[int, np.ndarray | None] = {}  # by position in ``keys``
         with self._lock:
             for i, (k, ident) in enumerate(zip(keys, ids)):
@@ -122,9 +145,11 @@ class IndexCache:
                     found[i] = entry[1]
         todo = [i for i in range(len(keys)) if i not in found]
         if todo:
-            names = self.spec.paths(np.array([keys[i] for i in todo], np.int64))
-            paths = None if files is None else [files.read_paths[i] for i in todo]
-            read = read_indexes(self.spec, names, engine, paths)
+            todo_keys = (self.spec.keys(np.array([keys[i] for i in todo], np.int64))
+                         if names is None else [names[i] for i in todo])
+            reader = store if held is None else held.reader
+            present = None if held is None else [held.present(i) for i in todo]
+            read = read_indexes(self.spec, todo_keys, reader, present)
             found.update(zip(todo, read))
             with self._lock:
                 for i, index in zip(todo, read):
@@ -140,3 +165,93 @@ class IndexCache:
 
 def _cost(index: np.ndarray | None) -> int:
     return _ENTRY_OVERHEAD + (0 if index is None else index.nbytes)
+
+
+_SHARED_ARRAYS = 16  # arrays whose indexes a process keeps for region reads (LRU)
+_shared: OrderedDict[tuple, IndexCache] = OrderedDict()
+_shared_lock = threading.Lock()
+
+
+def shared_cache(spec: ArraySpec) -> IndexCache:
+    """The process's index cache of a sharded array (for region reads and crops alike), by
+    its store and layout: a sharded region block costs one batch when its indexes are kept.
+    Safe whatever changes meanwhile: a kept index serves only the version it was read from."""
+    key = (spec.store.description, spec.grid, spec.shard)
+    with _shared_lock:
+        cache = _shared.get(key)
+        if cache is None:
+            cache = _shared[key] = IndexCache(spec)
+            while len(_shared) > _SHARED_ARRAYS:
+                _shared.popitem(last=False)
+        _shared.move_to_end(key)
+        return cache
+
+
+def _forget_after_fork() -> None:
+    _shared.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def encode(spec: ArraySpec, unit: np.ndarray,
+           keep: Callable[[np.ndarray], bool] | None = None) -> bytes | None:
+    """A shard of ``unit`` (the shard's values): its inner chunks encoded in C order and the
+    index of (offset, nbytes) pairs, at the end or the start. Inner chunks ``keep`` refuses
+    (all fill_value) are left out; None when none is kept (no object)."""
+    layout = spec.shard
+    per_shard = layout.per_shard(spec.grid)
+    index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
+    head = layout.index_nbytes(spec.grid) if not layout.index_at_end else 0
+    parts, at = [], head
+    for inner in np.ndindex(*per_shard):
+        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
+        if keep is not None and not keep(chunk):
+            continue
+        data = spec.codec.encode(chunk)
+        index[inner] = (at, len(data))
+        parts.append(data)
+        at += len(data)
+    if not parts:
+        return None
+    raw = index.tobytes()
+    if layout.index_crc32c:
+        raw += crc32c.crc32c(raw).to_bytes(4, "little")
+    return raw + b"".join(parts) if not layout.index_at_end else b"".join(parts) + raw
+
+
+@dataclass(frozen=True)
+class Coalesced:
+    """Merged byte ranges: per range its shard (index into the caller's shards) and first
+    byte, and how many inputs it holds (``sizes``); ``order`` lists the inputs range after
+    range (by offset within one)."""
+
+    shard: np.ndarray
+    start: np.ndarray
+    sizes: np.ndarray
+    order: np.ndarray
+
+
+def coalesce(shards: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, gap: int,
+             limit: int) -> Coalesced:
+    """Merge byte ranges of the same shard that lie at most ``gap`` bytes apart, into reads
+    of at most ``limit`` bytes (unless one chunk is larger).
+
+    Reading a little between chunks costs less than another request; the limit keeps each
+    read small enough that its chunks are decoded while still in the CPU cache (whole 15 MB
+    shards measured 18% slower than 1 MiB reads on a warm scan).
+    """
+    order = np.lexsort((offsets, shards))
+    sh, off, end = shards[order].tolist(), offsets[order].tolist(), (offsets + lengths)[order].tolist()
+    firsts: list[int] = []  # where each range starts in ``order``
+    begin = last = -1
+    for k in range(len(sh)):
+        if (firsts and sh[k] == sh[k - 1] and off[k] <= last + gap
+                and end[k] - begin <= limit):
+            last = max(last, end[k])
+        else:
+            firsts.append(k)
+            begin, last = off[k], end[k]
+    at = np.array(firsts, np.int64)
+    return Coalesced(shards[order][at], offsets[order][at],
+                     np.diff(np.append(at, len(order))), order)

@@ -1,49 +1,33 @@
 """ArraySpec: what a task needs to read a Zarr array, as small picklable plain data.
 
 Built once on the client from the array's metadata (parsed by zarr-python); tasks use it to
-name chunk objects and decode them without touching zarr-python.
+name chunk objects (keys in the array's store) and decode them without touching zarr-python.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, Mapping
 
 import numpy as np
 import zarr
 
-from ..errors import ArrayNotFoundError, LSIOError, UnsupportedCodecError, UnsupportedStoreError
+from ..errors import ArrayNotFoundError, LSIOError, UnsupportedCodecError
+from ..store import LocalStore, Store, open_store
 from .codecs import ChunkCodec, v2_chain, v3_chain
-
-
-@dataclass(frozen=True)
-class ShardLayout:
-    """The inner chunking of a ``sharding_indexed`` array."""
-
-    inner: tuple[int, ...]  # inner chunk shape
-    index_at_end: bool
-    index_crc32c: bool
-
-    def per_shard(self, shard: tuple[int, ...]) -> tuple[int, ...]:
-        """Inner chunks per shard along each dimension."""
-        return tuple(s // i for s, i in zip(shard, self.inner))
-
-    def index_nbytes(self, shard: tuple[int, ...]) -> int:
-        """Bytes of the index: (offset, nbytes) uint64 pairs, and a crc32c if any."""
-        return 16 * int(np.prod(self.per_shard(shard))) + (4 if self.index_crc32c else 0)
+from .shard import ShardLayout
 
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """A Zarr array on a local file system, as dask-lsio tasks read it.
+    """A Zarr array as dask-lsio tasks read and write it: plain data, small and picklable.
 
     Attributes
     ----------
-    root : str
-        Directory of the array (holding ``zarr.json`` or ``.zarray``).
+    store : Store
+        The objects of the array: a store rooted at the array (it pickles as its
+        description). Chunk keys (``c/0/1``) are relative to it.
     shape, dtype, fill_value
         As zarr-python reports them; ``dtype`` is the dtype of arrays we return.
     grid : tuple of int
@@ -55,7 +39,7 @@ class ArraySpec:
     shard : ShardLayout or None
     """
 
-    root: str
+    store: Store
     shape: tuple[int, ...]
     dtype: np.dtype
     fill_value: Any
@@ -70,26 +54,26 @@ class ArraySpec:
     def ndim(self) -> int:
         return len(self.shape)
 
+    @property
+    def root(self) -> str:
+        """Where the array is, for messages (its directory or URL)."""
+        return self.store.url
+
     def key(self, coords: tuple[int, ...]) -> str:
-        """The chunk key of grid position ``coords``."""
+        """The key of the object at grid position ``coords``."""
         parts = [str(c) for c in coords]
         if self.key_prefix:
             return self.separator.join([self.key_prefix, *parts])
         return self.separator.join(parts) if parts else "0"
 
-    def path(self, coords: tuple[int, ...]) -> str:
-        """The file of grid position ``coords``."""
-        return os.path.join(self.root, self.key(coords))
-
-    def paths(self, cells: np.ndarray) -> list[str]:
-        """The files of many grid positions (the rows of ``cells``), as :meth:`path` names
+    def keys(self, cells: np.ndarray) -> list[str]:
+        """The keys of many grid positions (the rows of ``cells``), as :meth:`key` names
         them, built by numpy from cached index names (a plan of a batch names hundreds)."""
         if not self.shape:
-            return [self.path(())] * len(cells)
+            return [self.key(())] * len(cells)
         sep = self.separator
-        head = os.path.join(self.root, self.key_prefix + sep if self.key_prefix else "")
         cells = np.asarray(cells, np.int64).reshape(-1, self.ndim)
-        out = np.full(len(cells), head, dtype=object)
+        out = np.full(len(cells), self.key_prefix + sep if self.key_prefix else "", dtype=object)
         for a, (n, g) in enumerate(zip(self.shape, self.grid)):
             end = "" if a == self.ndim - 1 else sep
             count = -(-n // g)
@@ -100,7 +84,8 @@ class ArraySpec:
         return out.tolist()
 
     def __dask_tokenize__(self) -> Any:
-        return (type(self).__name__, self.root, self.shape, str(self.dtype), self.grid)
+        return (type(self).__name__, self.store.description, self.shape, str(self.dtype),
+                self.grid)
 
 
 _MAX_NAMES = 1 << 16  # longer axes format their names per call
@@ -112,80 +97,65 @@ def _index_names(count: int, end: str) -> np.ndarray:
     return np.array([f"{i}{end}" for i in range(count)], dtype=object)
 
 
-def local_path(url: Any) -> str:
-    """The local directory of a path, a ``file://`` URL, a ``zarr.storage.LocalStore`` (or a
-    ``StorePath`` on one) or a ``zarr.Array`` on a LocalStore; :class:`UnsupportedStoreError`
-    naming what it is for anything else (s3:// URLs, a MemoryStore ...)."""
-    if isinstance(url, zarr.Array):
-        return local_path(url.store_path)
-    if isinstance(url, zarr.storage.StorePath):
-        return os.path.join(local_path(url.store), url.path)
-    if isinstance(url, zarr.storage.LocalStore):
-        return str(url.root)
-    if not isinstance(url, (str, os.PathLike)):
-        raise UnsupportedStoreError(describe_store(url))
-    path = os.fspath(url)
-    if "://" not in path:  # a plain path (which may hold a colon)
-        return path
-    parsed = urlparse(path)
-    if parsed.scheme != "file":
-        raise UnsupportedStoreError(describe_store(path))
-    return parsed.path
+def open_array(url: Any, component: str | None = None,
+               storage_options: Mapping[str, Any] | None = None) -> tuple[Store, zarr.Array]:
+    """The store of the array at ``url``/``component`` (rooted at the array) and the array
+    opened there by zarr-python.
 
-
-def describe_store(store: Any) -> str:
-    """What a store is, for messages: ``"a zarr.storage.MemoryStore"``, ``"s3:// URLs"``."""
-    if isinstance(store, zarr.Array):
-        return f"arrays in {describe_store(store.store_path.store)}"
-    if isinstance(store, (str, os.PathLike)):
-        scheme = urlparse(os.fspath(store)).scheme
-        return f"{scheme}:// URLs" if scheme and scheme != "file" else "local paths"
-    kind = type(store)
-    module = "zarr.storage" if kind.__module__.startswith("zarr.storage") else kind.__module__
-    return f"a {module}.{kind.__name__}"
-
-
-def local_root(url: Any, component: str | None) -> tuple[str, zarr.Array]:
-    """The directory of the array at ``url``/``component`` and the array opened there.
-
-    ``url`` may be a path, a ``file://`` URL, a ``zarr.storage.LocalStore`` or a
-    ``zarr.Array`` on one. Other stores raise :class:`UnsupportedStoreError` (read through
-    zarr-python instead).
+    ``url`` may be anything :func:`dask_lsio.store.open_store` takes. Stores without a
+    backend raise :class:`UnsupportedStoreError` (read through zarr-python instead); where
+    there is no array, :class:`ArrayNotFoundError` says what is there.
     """
     if isinstance(url, zarr.Array):
-        return local_path(url), url
-    root = os.path.abspath(os.path.join(local_path(url), component or ""))
-    if not any(os.path.isfile(os.path.join(root, m)) for m in ("zarr.json", ".zarray")):
-        what = "a group" if os.path.isfile(os.path.join(root, ".zgroup")) else "nothing"
-        raise ArrayNotFoundError(f"no Zarr array at {root!r} (found {what} there)")
+        return open_store(url), url
+    store = open_store(url, storage_options)
+    if component:
+        store = store.child(component.strip("/"))
+    what = found_at(store)
+    if what != "an array":
+        raise ArrayNotFoundError(f"no Zarr array at {store.url!r} (found {what} there)")
     try:
-        arr = zarr.open_array(store=root, mode="r")
+        arr = zarr.open_array(store=store.zarr_target, mode="r")
     except zarr.errors.NodeTypeValidationError as e:  # a v3 group's zarr.json
-        raise ArrayNotFoundError(f"no Zarr array at {root!r} (found a group there)") from e
+        raise ArrayNotFoundError(f"no Zarr array at {store.url!r} (found a group there)") from e
     except Exception as e:  # zarr raises several types for broken metadata
-        raise LSIOError(f"unreadable Zarr metadata at {root!r}: {type(e).__name__}: {e}") from e
-    return root, arr
+        raise LSIOError(f"unreadable Zarr metadata at {store.url!r}: {type(e).__name__}: {e}"
+                        ) from e
+    return store, arr
 
 
-def spec_from_array(root: str, arr: zarr.Array) -> ArraySpec:
-    """Build the spec from an opened array's metadata."""
-    return spec_from_metadata(root, arr.metadata)
+def found_at(store: Store) -> str:
+    """What the metadata at the store's root says is there: "an array" (or a v3 group's
+    ``zarr.json``: zarr-python tells them apart when it opens it), "a group" or "nothing"."""
+    found = {key for key, there in zip(_METADATA, store.has(_METADATA)) if there}
+    if found & {"zarr.json", ".zarray"}:
+        return "an array"
+    return "a group" if ".zgroup" in found else "nothing"
 
 
-def spec_from_metadata(root: str, metadata: Any) -> ArraySpec:
+_METADATA = ["zarr.json", ".zarray", ".zgroup"]
+
+
+def spec_from_array(store: Store | str, arr: zarr.Array) -> ArraySpec:
+    """Build the spec from an opened array's metadata; ``store`` holds its objects (a
+    :class:`~dask_lsio.store.Store` rooted at the array, or its local directory)."""
+    return spec_from_metadata(store, arr.metadata)
+
+
+def spec_from_metadata(store: Store | str, metadata: Any) -> ArraySpec:
     """Build the spec from zarr-python's ``ArrayV2Metadata`` / ``ArrayV3Metadata``.
 
-    Raises :class:`UnsupportedCodecError` naming the array (``root``) for what dask-lsio
-    does not decode itself."""
+    Raises :class:`UnsupportedCodecError` naming the array for what dask-lsio does not
+    decode itself."""
+    store = store if isinstance(store, Store) else LocalStore(store)
     try:
-        return _spec(root, metadata)
+        return _spec(store, metadata)
     except UnsupportedCodecError as e:
-        if root:
-            e.name_array(root)
+        e.name_array(store.url)
         raise
 
 
-def _spec(root: str, metadata: Any) -> ArraySpec:
+def _spec(root: Store, metadata: Any) -> ArraySpec:
     meta = metadata.to_dict()
     shape = tuple(int(s) for s in metadata.shape)
     dtype = np.dtype(metadata.dtype.to_native_dtype())

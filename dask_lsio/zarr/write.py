@@ -1,5 +1,6 @@
 """Write a region of a Zarr array: encode every chunk (or whole shard) it covers, then write
-them all in one engine batch, each object to a temporary name renamed into place.
+them all in one store batch, each object atomically (locally: a temporary name renamed into
+place).
 
 The format layer of ``to_zarr`` and the codec pipeline: :func:`write_region` takes regions
 made of whole write units (shards, or chunks when unsharded), except where they end at the
@@ -12,14 +13,15 @@ and a stale object left by an earlier write is deleted (zarr-python's
 
 from __future__ import annotations
 
-import crc32c
 import numpy as np
 
 from .. import metrics
-from ..io import Engine, get_engine, locks
+from ..io import Engine
 from . import _decode
-from ._plan import EMPTY, cell_boxes
-from .boxes import read_boxes
+from . import shard
+from .execute import store_of
+from .plan import region_cells
+from .read import read_boxes
 from .spec import ArraySpec
 
 
@@ -41,12 +43,14 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
 
     Units are encoded on ``threads`` threads (1: on the caller's, as a dask task does; a
     caller that is the only writer can use every core). Raises ValueError for a misaligned
-    region, and BatchIOError (OSErrors naming each path) when objects could not be written;
-    objects are complete or absent, never torn.
+    region, and BatchIOError (OSErrors naming each object) when objects could not be written;
+    objects are complete or absent, never torn. ``engine``: the engine of a local store
+    (default the process's).
     """
     check_aligned(spec, region)
-    engine = engine or get_engine()
-    pos, _, count, dst = cell_boxes(region, spec.grid)
+    store = store_of(spec, engine)
+    cells = region_cells(region, spec.grid)
+    pos, count, dst = cells.pos, cells.count, cells.dst
     units = list(zip(map(tuple, pos.tolist()), count.tolist(), dst.tolist()))
     encoded: list = [None] * len(units)
 
@@ -55,18 +59,18 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
         unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
         encoded[i] = _encode_unit(spec, unit, write_empty_chunks)
 
-    with metrics.timed(engine.totals, "lsio-encode"):
-        _decode.run(((i,) for i in range(len(units))), encode, threads)
+    with metrics.timed(store.totals, "lsio-encode"):
+        _decode.run(((i,) for i in range(len(units))), encode, threads, store.decode_pool)
     writes, deletes = [], []
     for (p, _, _), data in zip(units, encoded):
         if data is None:  # all fill_value: no object, and none left from an earlier write
-            deletes.append(spec.path(p))
+            deletes.append(spec.key(p))
         else:
-            writes.append((spec.path(p), data))
-    with metrics.timed(engine.totals, "lsio-write"):
-        written = sum(engine.write(writes)) if writes else 0
+            writes.append((spec.key(p), data))
+    with metrics.timed(store.totals, "lsio-write"):
+        written = sum(store.put(writes)) if writes else 0
         if deletes:
-            engine.delete(deletes)
+            store.delete(deletes)
     return written
 
 
@@ -76,7 +80,7 @@ def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray
     """:func:`write_region` for any region: units it covers only in part are read, updated
     and written back whole.
 
-    Each such unit is read and written back under its write lock (:mod:`dask_lsio.io.locks`),
+    Each such unit is read and written back under its write lock (:meth:`Store.lock`),
     so writers of disjoint regions that share a unit (tasks of one ``to_zarr``, independent
     jobs, zarr-python writers through the codec pipeline) never erase each other's values.
 
@@ -90,9 +94,10 @@ def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray
     outer = covering_region(spec, region)
     if outer == region:
         return write_region(spec, region, values, engine, write_empty_chunks, threads)
-    engine = engine or get_engine()
+    store = store_of(spec, engine)
     grid = np.array(spec.grid, np.int64)
-    pos, _, count, dst = cell_boxes(outer, spec.grid)
+    cells = region_cells(outer, spec.grid)
+    pos, count, dst = cells.pos, cells.count, cells.dst
     lo = pos * grid
     hi = np.minimum(lo + grid, np.array(spec.shape, np.int64))
     start = np.array([s.start for s in region], np.int64)
@@ -106,7 +111,7 @@ def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray
     fill = bool((partial & ~merge).any())
     merged = np.full(shape, spec.fill_value, spec.dtype) if fill else np.empty(shape, spec.dtype)
     inside = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer))
-    with locks.locked(spec.paths(pos[merge])):
+    with store.lock(spec.keys(pos[merge])):
         if merge.any():
             stored = read_boxes(spec, lo[merge], spec.grid, pad=spec.fill_value, engine=engine,
                                 threads=threads)
@@ -149,7 +154,11 @@ def _padded(spec: ArraySpec, part: np.ndarray) -> np.ndarray:
 
 
 def _is_fill(arr: np.ndarray, fill) -> bool:
-    """Whether every element is ``fill`` (NaN matching NaN)."""
+    """Whether every element is ``fill`` (NaN matching NaN; a zero fill_value of a float
+    array compared bit for bit, as zarr-python does: -0.0 is data where 0.0 is the fill)."""
+    if arr.dtype.kind == "f" and fill == 0:
+        bits = np.dtype(f"u{arr.dtype.itemsize}")
+        return bool((arr.view(bits) == np.asarray(fill, arr.dtype).view(bits)).all())
     nan = isinstance(fill, float | np.floating | complex | np.complexfloating) and np.isnan(fill)
     first = arr[(0,) * arr.ndim] if arr.size else fill
     # most units hold data: their first element already tells, without a pass over the unit
@@ -164,27 +173,5 @@ def _encode_unit(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes 
         if not write_empty and _is_fill(unit, spec.fill_value):
             return None
         return spec.codec.encode(unit)
-    return _encode_shard(spec, unit, write_empty)
-
-
-def _encode_shard(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes | None:
-    """A shard: its inner chunks in C order, and the index of (offset, nbytes) pairs."""
-    layout = spec.shard
-    per_shard = layout.per_shard(spec.grid)
-    index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
-    head = layout.index_nbytes(spec.grid) if not layout.index_at_end else 0
-    parts, at = [], head
-    for inner in np.ndindex(*per_shard):
-        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
-        if not write_empty and _is_fill(chunk, spec.fill_value):
-            continue
-        data = spec.codec.encode(chunk)
-        index[inner] = (at, len(data))
-        parts.append(data)
-        at += len(data)
-    if not parts:
-        return None
-    raw = index.tobytes()
-    if layout.index_crc32c:
-        raw += crc32c.crc32c(raw).to_bytes(4, "little")
-    return raw + b"".join(parts) if not layout.index_at_end else b"".join(parts) + raw
+    keep = None if write_empty else (lambda chunk: not _is_fill(chunk, spec.fill_value))
+    return shard.encode(spec, unit, keep)

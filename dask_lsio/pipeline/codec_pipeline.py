@@ -21,15 +21,15 @@ import os
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import zarr
 from zarr.abc.codec import CodecPipeline
 from zarr.core.codec_pipeline import BatchedCodecPipeline
 
 from .. import config
-from ..errors import LSIOError, UnsupportedCodecError
-from .read import read_region
-from .write import update_region
-from .spec import ArraySpec, spec_from_metadata
+from ..errors import LSIOError, UnsupportedCodecError, UnsupportedStoreError
+from ..store import Store, open_store
+from ..zarr.read import read_region
+from ..zarr.spec import ArraySpec, spec_from_metadata
+from ..zarr.write import update_region
 
 
 # a zarr-python read is one caller, not one of several dask tasks: decode on every core
@@ -47,14 +47,14 @@ class LSIOCodecPipeline(CodecPipeline):
         The array as dask-lsio reads it (its ``root`` and ``shape`` are filled in per batch,
         as zarr-python changes the shape in place without a new pipeline); None when its
         store or codecs rule dask-lsio out.
-    store_root : str, optional
-        The LocalStore's directory.
+    store : Store, optional
+        The store the array is in, at the zarr store's root (a LocalStore or MemoryStore).
     """
 
     __module__ = "dask_lsio.zarr"  # the name users configure: dask_lsio.zarr.LSIOCodecPipeline
 
     def __init__(self, inner: BatchedCodecPipeline, spec: ArraySpec | None = None,
-                 store_root: str | None = None) -> None:
+                 store: Store | None = None) -> None:
         # What this keeps must not go stale while zarr-python keeps the pipeline and changes
         # the array's metadata in place: of ``spec`` only the codecs, data type, fill value,
         # chunk grid and key encoding are used (zarr-python changes none of them in place);
@@ -62,7 +62,7 @@ class LSIOCodecPipeline(CodecPipeline):
         # are not used; write_empty_chunks comes from each batch's chunk specs.
         self.inner = inner
         self.spec = spec
-        self.store_root = store_root
+        self.store = store
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -72,30 +72,31 @@ class LSIOCodecPipeline(CodecPipeline):
     @classmethod
     def from_array_metadata_and_store(cls, array_metadata: Any, store: Any) -> "LSIOCodecPipeline":
         inner = _inner_pipeline(array_metadata)
-        if not isinstance(store, zarr.storage.LocalStore):
+        try:
+            ours = open_store(store)
+        except UnsupportedStoreError:  # not a store we have a backend for: zarr's way
             return cls(inner)
         try:
-            spec = spec_from_metadata("", array_metadata)
+            spec = spec_from_metadata(ours, array_metadata)
         except UnsupportedCodecError as e:
             if config.get("strict"):  # not as NotImplementedError: zarr-python would catch it
-                raise LSIOError(f"{e}, in the LocalStore at {str(store.root)!r} (lsio.strict "
-                                "is set)") from e
+                raise LSIOError(f"{e} (lsio.strict is set)") from e
             return cls(inner)
-        return cls(inner, spec, str(store.root))
+        return cls(inner, spec, ours)
 
     def __eq__(self, other: object) -> bool:  # zarr compares arrays, and so their pipelines
         return (type(other) is type(self) and self.inner == other.inner
-                and self.spec == other.spec and self.store_root == other.store_root)
+                and self.spec == other.spec and self.store == other.store)
 
     def __hash__(self) -> int:
-        return hash((type(self), self.inner, self.store_root))
+        return hash((type(self), self.inner, self.store))
 
     def __repr__(self) -> str:
         return f"LSIOCodecPipeline({self.inner!r}, engine reads: {self.spec is not None})"
 
     def evolve_from_array_spec(self, array_spec: Any) -> "LSIOCodecPipeline":
         return type(self)(self.inner.evolve_from_array_spec(array_spec), self.spec,
-                          self.store_root)
+                          self.store)
 
     # -- what zarr-python's pipeline answers ---------------------------------------------------
     @property
@@ -172,14 +173,14 @@ class LSIOCodecPipeline(CodecPipeline):
         box = tuple(slice(int(a), int(b)) for a, b in zip(lo_a.min(0), hi_a.max(0)))
         if not _tiles(self.spec, box, len(batch)):  # sparse chunks: a box would read far more
             return None
-        root = os.path.join(self.store_root, array_path)
         # zarr-python changes an array's shape in place (resize, append) and keeps its
         # pipeline, so the shape this spec was made with may be stale: nothing here may use
         # it. The batch's chunks say how far the array reaches at least; the array is taken
         # to end at their far edges (what lies beyond is not read, and units are written
         # whole, stored values merged or fill_value, as zarr-python does)
         reach = tuple(-(-int(h) // g) * g for h, g in zip(hi_a.max(0), self.spec.grid))
-        spec = dataclasses.replace(self.spec, root=root, shape=reach)
+        store = self.store.child(array_path) if array_path else self.store
+        spec = dataclasses.replace(self.spec, store=store, shape=reach)
         return _Box(spec, box, lo_a, hi_a, ints, batch)
 
 
