@@ -4,6 +4,11 @@
  * Python in one call (lsio_fill_*), run by lsio_batch_run / lsio_batch_step with the GIL
  * released, and read back field by field. Each request walks a small state machine; its
  * index in the array is the CQE user_data, so no per-request allocation happens.
+ *
+ * Every wait is bounded (lsio_ring_set_timeouts). A batch that cannot go on (a ring error, a
+ * stall, a bookkeeping error) is aborted in C: its ops in flight are cancelled and reaped and
+ * the batch ended before the call returns, so the caller may free the buffers, unless the
+ * ring reports LSIO_INFO_LOST ops, which the kernel may still complete.
  */
 #include <stdint.h>
 
@@ -66,8 +71,37 @@ lsio_ring *lsio_ring_open(unsigned depth, unsigned want_flags, unsigned iowq_bou
                           int *err);
 void lsio_ring_close(lsio_ring *r);
 unsigned lsio_ring_flags(lsio_ring *r);
+/* Every wait lasts at most `tick_ms`; a batch that sees no completion for `stall_ms` is
+ * aborted: its requests in flight are cancelled and fail with ETIMEDOUT, and the call that
+ * ran it returns -ETIMEDOUT. Defaults: 1 s and 10 minutes. */
+void lsio_ring_set_timeouts(lsio_ring *r, int64_t stall_ms, int64_t tick_ms);
 
-/* Batches: start, then run to completion or step until every request is finished. */
+/* What lsio_ring_info reports. */
+#define LSIO_INFO_BROKEN 1      /* errno that made the ring unusable (0: usable); a broken
+                                 * ring refuses batches and must be closed */
+#define LSIO_INFO_LOST 2        /* ops the kernel still had when a broken ring's batch ended:
+                                 * their buffers must never be freed or reused */
+#define LSIO_INFO_OUTSTANDING 3 /* requests unfinished when the last batch was aborted */
+#define LSIO_INFO_IOWQ_ERR 4    /* errno of io_uring_register_iowq_max_workers (0: done or
+                                 * not asked); the kernel's default limit applies then */
+#define LSIO_INFO_CLOSE_ERRORS 5 /* closes of plain descriptors that reported an error */
+int64_t lsio_ring_info(lsio_ring *r, int what);
+
+/* Testing only: make failures happen that the kernel almost never produces. */
+#define LSIO_TEST_SQE_FAIL 1    /* get_sqe hands out `value` more SQEs, then none (-1: off) */
+#define LSIO_TEST_ENTER_FAIL 2  /* the next wait fails with errno `value` */
+#define LSIO_TEST_LEAK_SLOTS 3  /* the next batch starts with `value` slots missing */
+#define LSIO_TEST_SLOTS_FAIL 4  /* clearing the slots fails with errno `value` (0: off) */
+#define LSIO_TEST_NO_CANCEL 5   /* aborts do not cancel ops in flight (1) or do (0) */
+void lsio_ring_test(lsio_ring *r, int what, int64_t value);
+
+/* Batches: start, then run to completion or step until every request is finished.
+ * lsio_batch_start returns 0 or an errno (ENOMEM; EBUSY when a batch is still running on the
+ * ring; the ring's errno when it is broken). lsio_batch_run, lsio_batch_step and
+ * lsio_batch_cancel return a negative errno when the batch could not go on (a ring error,
+ * -ETIMEDOUT after a stall, -ENOTRECOVERABLE for a bookkeeping error): the batch has then
+ * ended (its running requests failed with that errno, those not started with ECANCELED)
+ * and lsio_ring_info tells whether the ring is still usable. */
 int lsio_batch_start(lsio_ring *r, lsio_req *reqs, int64_t n, int direct, int fsync);
 int64_t lsio_batch_run(lsio_ring *r);
 /* A read batch whose requests have no buffers (buf NULL): the ring lends each read one of at

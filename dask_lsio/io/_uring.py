@@ -3,11 +3,16 @@
 A ring is created with SINGLE_ISSUER|DEFER_TASKRUN where the kernel has them, so it must stay
 with the thread that first submits on it: each thread gets its own rings (a second one only
 when a thread interleaves two batches, e.g. two ``read_iter`` generators). Waiting happens
-inside C with the GIL released (cffi releases it around every call).
+inside C with the GIL released (cffi releases it around every call), a tick at a time: a
+batch that sees no completion for ``lsio.io-stall-timeout`` is cancelled in C and raises
+``TimeoutError``. A ring that C marks broken (a ring or bookkeeping error) is closed and
+replaced, never reused.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import queue
 import threading
@@ -16,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import numpy as np
+from dask.utils import parse_timedelta
 
 from .. import config
 from ..errors import EngineUnavailableError
@@ -32,6 +38,11 @@ except ImportError:  # pragma: no cover - depends on the build
 WANT_SINGLE_ISSUER = 1
 _STEP = 4096  # finished indices handed to Python per step
 _MIN_PART = 1024  # requests per submitter thread below which a batch is not split
+_TICK_MS = 1000  # longest single wait in C: stalls are checked at least this often
+# What batches on broken rings left in the kernel's hands (LSIO_INFO_LOST): their buffers may
+# still be written into by ops that never came back, so they are never freed.
+_LOST: list = []
+logger = logging.getLogger("dask_lsio")
 
 
 def _split(n: int, threads: int) -> list[tuple[int, int]]:
@@ -42,7 +53,7 @@ def _split(n: int, threads: int) -> list[tuple[int, int]]:
 class _Ring:
     """One io_uring instance and its fixed-file table, used by one thread at a time."""
 
-    def __init__(self, depth: int, iowq_workers: int) -> None:
+    def __init__(self, depth: int, iowq_workers: int, stall_ms: int) -> None:
         err = ffi.new("int *")
         ptr = lib.lsio_ring_open(depth, WANT_SINGLE_ISSUER, iowq_workers, err)
         if ptr == ffi.NULL:
@@ -50,6 +61,13 @@ class _Ring:
         self.ptr = ptr
         self.busy = False
         self._ring_close = lib.lsio_ring_close  # still reachable at interpreter shutdown
+        lib.lsio_ring_set_timeouts(ptr, stall_ms, _TICK_MS)
+        if e := self.info(lib.LSIO_INFO_IOWQ_ERR):  # old kernels: only cold opens are slower
+            logger.debug("io_uring: io-wq's worker limit stays the kernel's (%s)", os.strerror(e))
+
+    def info(self, what: int) -> int:
+        """One of C's ``LSIO_INFO_*`` figures about this ring."""
+        return int(lib.lsio_ring_info(self.ptr, what))
 
     def close(self) -> None:
         if self.ptr is not None:
@@ -90,6 +108,9 @@ class IoUringEngine(Engine):
         Read with O_DIRECT (default ``lsio.direct-io``).
     decode_threads : int, optional
         Threads that decode one task's chunks (default ``lsio.decode-threads``).
+    io_stall_timeout : float or str, optional
+        Seconds (or a string such as ``"10 minutes"``) a batch may go without a completion
+        before it is cancelled with ``TimeoutError`` (default ``lsio.io-stall-timeout``).
     """
 
     kind = "io_uring"
@@ -101,6 +122,7 @@ class IoUringEngine(Engine):
         submit_threads: int | None = None,
         direct_io: bool | None = None,
         decode_threads: int | None = None,
+        io_stall_timeout: float | str | None = None,
     ) -> None:
         if lib is None:
             raise EngineUnavailableError(
@@ -111,6 +133,8 @@ class IoUringEngine(Engine):
         self.iowq_max_workers = int(config.get("iowq-max-workers", iowq_max_workers))
         threads = config.get("submit-threads", submit_threads)
         self.submit_threads = max(1, int(threads or min(os.cpu_count() or 1, 4)))
+        stall = parse_timedelta(config.get("io-stall-timeout", io_stall_timeout), "s")
+        self.io_stall_timeout = float(stall)
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._all: weakref.WeakSet[_ThreadRings] = weakref.WeakSet()
@@ -128,14 +152,23 @@ class IoUringEngine(Engine):
             if not ring.busy:
                 break
         else:
-            ring = _Ring(self.queue_depth, self.iowq_max_workers)
+            stall_ms = max(1, round(self.io_stall_timeout * 1000))
+            ring = _Ring(self.queue_depth, self.iowq_max_workers, stall_ms)
             rings.rings.append(ring)
         ring.busy = True
         return ring
 
-    def _release(self, ring: _Ring) -> None:
+    def _release(self, ring: _Ring, batch_objects: object = None) -> None:
+        """Give back a ring taken by :meth:`_acquire` in this thread. A broken ring is closed
+        and forgotten; ``batch_objects`` (the batch's requests and buffers) are then kept
+        forever if the kernel may still write into them."""
         ring.busy = False
-        if self.closed:
+        if ring.ptr is not None and ring.info(lib.LSIO_INFO_BROKEN):
+            if ring.info(lib.LSIO_INFO_LOST):
+                _LOST.append(batch_objects)
+            self._local.rings.rings.remove(ring)
+            ring.close()
+        elif self.closed:
             ring.close()
 
     @property
@@ -164,26 +197,32 @@ class IoUringEngine(Engine):
     def _run_part(self, reqs, batch, grown, lo, hi, stop=None) -> Iterator[np.ndarray]:
         """Run requests ``[lo, hi)`` on this thread's ring; yield finished indices."""
         ring = self._acquire()
+        err = lib.lsio_batch_start(ring.ptr, reqs + lo, hi - lo, int(batch.direct),
+                                   int(self.fsync))
+        if err:
+            self._release(ring)
+            raise _start_error(err)
         finished = False
         try:
-            lib.lsio_batch_start(ring.ptr, reqs + lo, hi - lo, int(batch.direct), int(self.fsync))
             out = np.empty(min(hi - lo, _STEP), dtype=np.int64)
             out_ptr = ffi.from_buffer("int64_t[]", out)
             while stop is None or not stop.is_set():
                 k = lib.lsio_batch_step(ring.ptr, out_ptr, len(out))
-                if k < 0:
-                    raise OSError(-k, "io_uring_enter failed")
-                if k == 0:
-                    finished = True
+                if k <= 0:  # over; or ended by an error, C having reaped what was in flight
+                    finished, err = True, -k
                     break
                 done = out[:k] + lo
                 _collect(reqs, done, batch, grown)
                 yield done
         finally:
-            if not finished:  # the kernel may still write into our buffers: drain first
-                lib.lsio_batch_cancel(ring.ptr)
+            if not finished:  # the kernel may still write into our buffers: cancel, drain
+                err = -lib.lsio_batch_cancel(ring.ptr)
+            if err or not finished:
                 _collect(reqs, np.arange(lo, hi, dtype=np.int64), batch, grown)  # frees grown
-            self._release(ring)
+            error = self._batch_error(err, ring, batch, lo, hi) if err else None
+            self._release(ring, (reqs, batch))  # (closes a broken ring: info read above)
+            if error is not None:
+                raise error
 
     def _run_parallel(self, reqs, batch, grown, parts) -> Iterator[np.ndarray]:
         """Run the parts on the submitter threads, each on its own ring and core; the
@@ -252,13 +291,14 @@ class IoUringEngine(Engine):
                     ring.ptr, reqs + lo, hi - lo, int(batch.direct), bufsize, c_hook, ctx
                 )
                 if e:
-                    raise OSError(e, "cannot allocate read buffers")
+                    raise _start_error(e)
                 k = lib.lsio_batch_run(ring.ptr)
-                if k < 0:
-                    lib.lsio_batch_cancel(ring.ptr)
-                    raise OSError(-k, "io_uring_enter failed")
+                if k < 0:  # C cancelled what was in flight and ended the batch
+                    part = np.arange(lo, hi, dtype=np.int64)
+                    _collect(reqs, part, batch, np.zeros(n, dtype=np.uint64))
+                    raise self._batch_error(-k, ring, batch, lo, hi)
             finally:
-                self._release(ring)
+                self._release(ring, (reqs, batch))
 
         futures = [self._submitters().submit(run, lo, hi) for lo, hi in spans[1:]]
         try:
@@ -270,6 +310,23 @@ class IoUringEngine(Engine):
         del keep
         self._count(batch)
         return {i: batch.error(i) for i in np.flatnonzero(batch.err).tolist()}
+
+    def _batch_error(self, err: int, ring: _Ring, batch, lo: int, hi: int) -> OSError:
+        """The exception of part ``[lo, hi)`` of ``batch`` (outcome collected) that C ended
+        early with errno ``err``."""
+        if err == errno.ETIMEDOUT:
+            stuck = lo + np.flatnonzero(batch.err[lo:hi] == errno.ETIMEDOUT)
+            names = ", ".join(repr(batch.paths[i]) for i in stuck[:3].tolist())
+            more = ", ..." if len(stuck) > 3 else ""
+            return TimeoutError(
+                errno.ETIMEDOUT,
+                f"io_uring: no IO completed for {self.io_stall_timeout:g} s "
+                f"(lsio.io-stall-timeout): the batch was cancelled with "
+                f"{ring.info(lib.LSIO_INFO_OUTSTANDING)} request(s) outstanding: {names}{more}",
+            )
+        what = ("the engine's bookkeeping went wrong (a bug)" if err == errno.ENOTRECOVERABLE
+                else "io_uring_enter failed")
+        return OSError(err, f"{os.strerror(err)}: {what}; the batch was cancelled")
 
     def _submitters(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -307,6 +364,10 @@ def _fill(reqs, batch: _batch.Batch) -> list:
     else:
         lib.lsio_fill_deletes(reqs, n, c_blob, _i64(path_at))
     return keep
+
+
+def _start_error(err: int) -> OSError:
+    return OSError(err, f"cannot start an io_uring batch: {os.strerror(err)}")
 
 
 def _i64(arr: np.ndarray):
