@@ -11,8 +11,9 @@ Not imported at run time. Each extension is built one of two ways, chosen by set
 
 setup.py names ``uring_ffi_system``, ``uring_ffi_bundled``, ``kernel_ffi_system`` or
 ``kernel_ffi_bundled`` in ``cffi_modules``. ``python dask_lsio/_cffi_build.py`` builds both in
-place (against the system libraries; with ``LSIO_BUNDLED=1`` against the bundled sources), which
-is handy while working on the C code.
+place (the engine against the system liburing, the kernel against the bundled sources unless
+``LSIO_SYSTEM_KERNEL=1``; with ``LSIO_BUNDLED=1`` both against the bundled sources), which is
+handy while working on the C code.
 """
 
 from __future__ import annotations
@@ -372,9 +373,12 @@ if __name__ == "__main__":
 
     os.chdir(TOP)
     off = ("", "0", "no", "false")
-    mode = "system" if os.environ.get("LSIO_BUNDLED", "").strip().lower() in off else "bundled"
+    every = "system" if os.environ.get("LSIO_BUNDLED", "").strip().lower() in off else "bundled"
     for name in ("uring", "kernel"):
         extra: dict = {}
+        mode = every
+        if name == "kernel" and os.environ.get("LSIO_SYSTEM_KERNEL", "").strip().lower() in off:
+            mode = "bundled"  # as setup.py builds it (its KERNEL_BUNDLED says why)
         if mode == "bundled":
             cc = new_compiler()
             customize_compiler(cc)

@@ -584,6 +584,9 @@ static int batch_busy(lsio_ring *r) {
  * process every completion available. Returns 0 or a negative errno from the ring. */
 static int pump(lsio_ring *r) {
     start_requests(r);
+    /* every request started failed at once (no buffer could be lent for its size): nothing
+     * is in flight, so waiting for a completion would wait forever */
+    if (r->inflight == 0) return 0;
     int ret;
     do {
         ret = io_uring_submit_and_wait(&r->ring, 1);
