@@ -215,3 +215,44 @@ def test_zlib_chunk_past_4_gib(name):
     got = kernel_decode(name, b"".join(parts), (n,))
     assert not isinstance(got, int), got
     assert got[-1] == (n - 1) % 256 and got[(4 << 30) + 5] == 5 and got[12345] == 12345 % 256
+
+
+def frames_without_content_size(values: np.ndarray) -> bytes:
+    """A zstd frame that does not state its content size (numcodecs always writes it; other
+    writers need not), made with the system's libzstd."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("zstd")
+    if name is None:
+        pytest.skip("no libzstd to write a frame without its content size")
+    lib = ctypes.CDLL(name)
+    lib.ZSTD_createCCtx.restype = ctypes.c_void_p
+    lib.ZSTD_compress2.restype = ctypes.c_size_t
+    lib.ZSTD_compress2.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t,
+                                   ctypes.c_char_p, ctypes.c_size_t]
+    lib.ZSTD_CCtx_setParameter.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.ZSTD_freeCCtx.argtypes = [ctypes.c_void_p]
+    cctx = lib.ZSTD_createCCtx()
+    lib.ZSTD_CCtx_setParameter(cctx, 200, 0)  # ZSTD_c_contentSizeFlag: off
+    raw = values.tobytes()
+    dest = ctypes.create_string_buffer(len(raw) + 1024)
+    n = lib.ZSTD_compress2(cctx, dest, len(dest), raw, len(raw))
+    lib.ZSTD_freeCCtx(cctx)
+    return dest.raw[:n]
+
+
+def test_zstd_frames_without_content_size_decode_as_a_stream():
+    """numcodecs decodes a frame that states no content size as a stream (a streaming
+    context: its window limit, every following frame); so does the kernel, damaged frames
+    included."""
+    rng = np.random.default_rng(11)
+    values = chunk_values(rng, 3000, "<i4")
+    frame = frames_without_content_size(values)
+    assert frame[4] & 0xC0 == 0 and not frame[4] & 0x20  # no content size field
+    variants = [frame, frame + frame, frame[:-5], frame + b"\0", frame + frame[:9]]
+    variants += [damaged(frame, rng) for _ in range(200)]
+    for i, data in enumerate(variants):
+        want = reference(numcodecs.Zstd(), data, values.nbytes)
+        got = kernel_decode("zstd", data, values.shape, "<i4")
+        assert (None if isinstance(got, int) else got.tobytes()) == want, i
