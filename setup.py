@@ -273,6 +273,10 @@ class BuildExt(build_ext):
     install."""
 
     def build_extensions(self):
+        # always relink: the extension's own sources do not change when it switches between
+        # the system and the bundled libraries, and setuptools would keep the old build
+        # (while the build record said otherwise); the bundled objects stay cached
+        self.force = True
         by_module = {e["module"]: n for n, e in PLAN.items()}
         for ext in list(self.extensions):
             name = by_module.get(ext.name)
