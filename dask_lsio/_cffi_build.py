@@ -139,6 +139,7 @@ class Target(NamedTuple):
     probe: str  # a program that compiles and links with them, and only with them
     versions: str  # lines "name EXPR..." that setup.py preprocesses for the version numbers
     headers: list  # the includes of `probe`/`versions`
+    more: list = []  # further C files of the extension (beside `source`)
 
 
 TARGETS = {
@@ -169,6 +170,7 @@ TARGETS = {
             "zlib ZLIB_VERSION\n"
         ),
         headers=["blosc.h", "lz4.h", "zstd.h", "zlib.h"],
+        more=[_ZARR / "_kernel_codecs.c"],
     ),
 }
 
@@ -182,7 +184,7 @@ def _builder(name: str, mode: str, include_dirs: list[str] = (), **extra) -> FFI
     lines = t.header.read_text().splitlines()
     ffi.cdef("\n".join(line for line in lines if not line.startswith("#include")))
     kwds = dict(
-        sources=[_rel(t.source)],
+        sources=[_rel(t.source), *(_rel(p) for p in t.more)],
         include_dirs=[_rel(t.header.parent), *include_dirs],
         libraries=list(t.libraries),
         extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
