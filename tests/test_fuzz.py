@@ -13,9 +13,9 @@ LSIOCodecPipeline (whole array and a box) and ``read_boxes`` (crops, both engine
   cases ends within ``GROUP_SECONDS`` (else pytest-timeout dumps every thread's stack and
   ends the run: a hang fails loudly).
 
-``LSIO_FUZZ_N`` sets the number of arrays (default 150; the issue asks for >= 1,000),
-``LSIO_FUZZ_SEEDS=3,17`` runs those cases only, ``LSIO_FUZZ_REPORT=file.json`` writes the
-counts there.
+``LSIO_FUZZ_N`` sets the number of arrays (default 150; ``LSIO_FUZZ_N=1000`` for a thorough
+run), ``LSIO_FUZZ_SEEDS=3,17`` runs those cases only, ``LSIO_FUZZ_REPORT=file.json`` writes
+the counts there, ``LSIO_FUZZ_VERBOSE=1`` prints each case before it is read.
 """
 
 from __future__ import annotations
