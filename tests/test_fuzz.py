@@ -183,6 +183,8 @@ def report():
 @pytest.mark.timeout(GROUP_SECONDS, method="thread")  # a hang: stacks dumped, run ended
 @pytest.mark.parametrize("group", range(-(-len(SEEDS) // GROUP)))
 def test_corrupt_arrays_read_as_zarr_python_does(tmp_path, group):
+    if os.environ.get("LSIO_REQUIRE_URING") == "1":  # the C kernel's readings run here
+        assert dask_lsio.get_engine().kind == "io_uring"
     failures = []
     for seed in SEEDS[group * GROUP:(group + 1) * GROUP]:
         results = run_case(seed, str(tmp_path))
@@ -254,11 +256,38 @@ def test_a_read_whose_buffer_cannot_be_had_fails_and_does_not_hang(tmp_path):
     to wait forever for a completion."""
     import errno
 
-    from dask_lsio.io import get_engine
+    from conftest import make_engine
     from dask_lsio.zarr import _kernel
 
     (tmp_path / "f").write_bytes(b"x" * 100)
-    engine = get_engine("io_uring")
-    batch = engine.read_hooked([str(tmp_path / "f")] * 3, np.zeros(3, np.int64),
-                               np.full(3, 2**50, np.int64), 2**50, _kernel._hook(), lambda lo: 0)
+    engine = make_engine("io_uring")
+    try:
+        batch = engine.read_hooked([str(tmp_path / "f")] * 3, np.zeros(3, np.int64),
+                                   np.full(3, 2**50, np.int64), 2**50, _kernel._hook(),
+                                   lambda lo: 0)
+    finally:
+        engine.close()
     assert batch.err.tolist() == [errno.ENOMEM] * 3
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "blosc"])
+@pytest.mark.parametrize("engine", ["io_uring", "threads"])
+def test_a_chunk_of_another_size_is_an_error_on_both_paths(tmp_path, codec, engine):
+    """A valid frame of a smaller chunk: numcodecs, given an output buffer, decodes zstd and
+    gzip into its start (blosc: the header's size of it) and leaves the rest as it was;
+    zarr-python, giving none, raises on the size. Both our paths raise, naming the chunk."""
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
+
+    from dask_lsio.errors import ChunkDecodeError
+
+    comp = {"zstd": ZstdCodec(), "gzip": GzipCodec(), "blosc": BloscCodec()}[codec]
+    for name, rows in (("a", 40), ("b", 5)):
+        z = zarr.create_array(str(tmp_path / name), shape=(rows, 100), chunks=(min(rows, 10), 100),
+                              dtype="float64", compressors=comp)
+        z[...] = np.arange(rows * 100).reshape(rows, 100)
+    (tmp_path / "a" / "c" / "1" / "0").write_bytes((tmp_path / "b" / "c" / "0" / "0").read_bytes())
+    with pytest.raises(Exception):
+        zarr.open_array(str(tmp_path / "a"), mode="r")[...]
+    with dask.config.set({"lsio.engine": engine}), \
+            pytest.raises(ChunkDecodeError, match=r"c/1/0"):
+        dask_lsio.from_zarr(str(tmp_path / "a")).compute(scheduler="sync")
