@@ -1,12 +1,13 @@
-"""Build the two C extensions, against the system libraries where their -dev packages are
-installed, else against the library sources bundled in third_party/, and record what was built
-in ``dask_lsio/_build_info.py`` (``BUILD_INFO``, for run time to say what is missing and why).
+"""Build the two C extensions, the io_uring engine against the system liburing where its -dev
+package is installed, else against the sources bundled in third_party/, the decode kernel
+against the bundled sources, and record what was built in ``dask_lsio/_build_info.py`` (``BUILD_INFO``, for run time to say what is missing and why).
 
 - ``dask_lsio.io._uring_ext``, the io_uring engine: liburing (liburing-dev), else the bundled
   liburing (Linux only). Without it the thread engine is used.
-- ``dask_lsio.zarr._kernel_ext``, the decode kernel: c-blosc, liblz4, libzstd and zlib
-  (libblosc-dev liblz4-dev libzstd-dev zlib1g-dev), else the bundled c-blosc with its own lz4,
-  zstd and zlib. Without it chunks are decoded with numcodecs.
+- ``dask_lsio.zarr._kernel_ext``, the decode kernel: the bundled c-blosc with its own lz4,
+  zstd and zlib (numcodecs' sources; with ``LSIO_SYSTEM_KERNEL=1``, the system's c-blosc,
+  liblz4, libzstd and zlib where libblosc-dev liblz4-dev libzstd-dev zlib1g-dev are
+  installed). Without it chunks are decoded with numcodecs.
 
 Bundled sources are compiled into a static archive and linked into the extension with their
 symbols hidden: the extension then needs nothing beyond libc. Only a C compiler is required;
@@ -15,6 +16,9 @@ without one the package installs without the extensions, and the build trace say
 Environment:
 - ``LSIO_BUNDLED=1`` (or ``uring``, ``kernel``, comma-separated): use the bundled sources even
   where the system libraries are installed (testing).
+- ``LSIO_SYSTEM_KERNEL=1``: build the decode kernel against the system libraries where they
+  are installed (by default it is built from the bundled sources, those numcodecs is built
+  from: see ``KERNEL_BUNDLED``).
 - ``LSIO_NO_URING=1``, ``LSIO_NO_KERNEL=1``: do not build that extension.
 - ``LSIO_REQUIRE_EXTENSIONS=1``: fail the build when an extension that is not disabled or
   unsupported here could not be built (CI).
@@ -65,6 +69,17 @@ def _new_compiler():
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() not in ("", "0", "no", "false")
+
+
+# Why the decode kernel is built from third_party/ whatever the system has: numcodecs (what
+# zarr-python decodes with) is built from those very sources, and on damaged chunks that a
+# codec's checks let through, the output is whatever that version of the library makes of
+# them (zstd 1.5.4 and 1.5.6 decode some corrupt frames to different bytes, without an
+# error), while c-blosc's checks grew from 1.21.3 to 1.21.7: other versions would return
+# values where zarr-python raises, or other values than it.
+KERNEL_BUNDLED = ("the decode kernel is built from the c-blosc, lz4, zstd and zlib sources "
+                  "numcodecs is built from, to decode (and refuse) exactly what numcodecs does "
+                  "(LSIO_SYSTEM_KERNEL=1: the system libraries)")
 
 
 def _forced_bundled() -> set[str]:
@@ -123,20 +138,26 @@ def _plan():
                     "install gcc; conda: conda install -c conda-forge c-compiler), "
                     + _reinstall_hint())
             continue
-        if name not in forced and cb.try_build(cc, header + t.probe, t.libraries):
+        # the kernel takes the system libraries only when asked to (see KERNEL_BUNDLED)
+        system = name not in forced and (name != "kernel" or _flag("LSIO_SYSTEM_KERNEL"))
+        if system and cb.try_build(cc, header + t.probe, t.libraries):
             entry.update(source="system")
             continue
-        if name not in forced:
+        if system:
             entry["system_missing"] = list(t.debian)
         if not bundle.present():
             entry.update(
                 status="failed",
-                reason="the system libraries were not found and this source tree lacks the "
-                       "bundled sources (third_party/)",
-                fix=f"install {' '.join(t.debian)} (Debian/Ubuntu), " + _reinstall_hint())
+                reason=("the system libraries were not found and this source tree lacks the "
+                        "bundled sources (third_party/)" if system else
+                        "this source tree lacks the bundled sources (third_party/)"),
+                fix=(f"install {' '.join(t.debian)} (Debian/Ubuntu)"
+                     + ("" if system else " and set LSIO_SYSTEM_KERNEL=1") + ", "
+                     + _reinstall_hint()))
             continue
         entry.update(source="bundled", libraries=dict(bundle.versions),
                      reason=("LSIO_BUNDLED was set" if name in forced else
+                             KERNEL_BUNDLED if not system else
                              f"{' '.join(t.debian)} not found: built against the bundled "
                              "sources"))
     return plan, cb
@@ -252,6 +273,10 @@ class BuildExt(build_ext):
     install."""
 
     def build_extensions(self):
+        # always relink: the extension's own sources do not change when it switches between
+        # the system and the bundled libraries, and setuptools would keep the old build
+        # (while the build record said otherwise); the bundled objects stay cached
+        self.force = True
         by_module = {e["module"]: n for n, e in PLAN.items()}
         for ext in list(self.extensions):
             name = by_module.get(ext.name)

@@ -11,8 +11,9 @@ Not imported at run time. Each extension is built one of two ways, chosen by set
 
 setup.py names ``uring_ffi_system``, ``uring_ffi_bundled``, ``kernel_ffi_system`` or
 ``kernel_ffi_bundled`` in ``cffi_modules``. ``python dask_lsio/_cffi_build.py`` builds both in
-place (against the system libraries; with ``LSIO_BUNDLED=1`` against the bundled sources), which
-is handy while working on the C code.
+place (the engine against the system liburing, the kernel against the bundled sources unless
+``LSIO_SYSTEM_KERNEL=1``; with ``LSIO_BUNDLED=1`` both against the bundled sources), which is
+handy while working on the C code.
 """
 
 from __future__ import annotations
@@ -138,6 +139,7 @@ class Target(NamedTuple):
     probe: str  # a program that compiles and links with them, and only with them
     versions: str  # lines "name EXPR..." that setup.py preprocesses for the version numbers
     headers: list  # the includes of `probe`/`versions`
+    more: list = []  # further C files of the extension (beside `source`)
 
 
 TARGETS = {
@@ -150,6 +152,7 @@ TARGETS = {
         probe="int main(void){struct io_uring r; return io_uring_queue_init(1,&r,0) < 0;}\n",
         versions="liburing IO_URING_VERSION_MAJOR . IO_URING_VERSION_MINOR\n",
         headers=["liburing.h"],
+        more=[_IO / "_posix.c"],
     ),
     "kernel": Target(
         module="dask_lsio.zarr._kernel_ext",
@@ -168,6 +171,7 @@ TARGETS = {
             "zlib ZLIB_VERSION\n"
         ),
         headers=["blosc.h", "lz4.h", "zstd.h", "zlib.h"],
+        more=[_ZARR / "_kernel_codecs.c"],
     ),
 }
 
@@ -181,7 +185,7 @@ def _builder(name: str, mode: str, include_dirs: list[str] = (), **extra) -> FFI
     lines = t.header.read_text().splitlines()
     ffi.cdef("\n".join(line for line in lines if not line.startswith("#include")))
     kwds = dict(
-        sources=[_rel(t.source)],
+        sources=[_rel(t.source), *(_rel(p) for p in t.more)],
         include_dirs=[_rel(t.header.parent), *include_dirs],
         libraries=list(t.libraries),
         extra_compile_args=["-O2", "-std=gnu11", "-Wall"],
@@ -372,9 +376,12 @@ if __name__ == "__main__":
 
     os.chdir(TOP)
     off = ("", "0", "no", "false")
-    mode = "system" if os.environ.get("LSIO_BUNDLED", "").strip().lower() in off else "bundled"
+    every = "system" if os.environ.get("LSIO_BUNDLED", "").strip().lower() in off else "bundled"
     for name in ("uring", "kernel"):
         extra: dict = {}
+        mode = every
+        if name == "kernel" and os.environ.get("LSIO_SYSTEM_KERNEL", "").strip().lower() in off:
+            mode = "bundled"  # as setup.py builds it (its KERNEL_BUNDLED says why)
         if mode == "bundled":
             cc = new_compiler()
             customize_compiler(cc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+import dask
 import numpy as np
 import pytest
 import zarr
@@ -18,6 +19,13 @@ from dask_lsio.io import get_engine
 from dask_lsio.zarr.read import read_boxes
 from dask_lsio.zarr.shard import IndexCache
 from dask_lsio.zarr.spec import spec_from_array
+
+
+@pytest.fixture
+def partial_decode():
+    """lsio.partial-decode on: blosc chunks a crop needs a part of are decoded in part."""
+    with dask.config.set({"lsio.partial-decode": True}):
+        yield
 
 
 def expected_boxes(values: np.ndarray, starts: np.ndarray, shape, pad) -> np.ndarray:
@@ -137,7 +145,8 @@ def _blosc_values(shape, dtype, rng) -> np.ndarray:
     ("complex128", None), ("float32", 2), ("int32", 8), ("random float32", None)])
 @pytest.mark.parametrize("shuffle", ["shuffle", "noshuffle", "bitshuffle"])
 @pytest.mark.parametrize("blocksize", [0, 256, 4096])
-def test_parts_of_blosc_chunks_equal_zarr_python(tmp_path, dtype, typesize, shuffle, blocksize):
+def test_parts_of_blosc_chunks_equal_zarr_python(tmp_path, dtype, typesize, shuffle, blocksize,
+                                                partial_decode):
     """Crops that need part of a chunk: the kernel decodes the LZ4 stream prefixes they need
     and unshuffles only what it places (split and unsplit blocks, streams stored raw (random
     low bytes), several blocks and a shorter last one, typesize not the item size);
@@ -167,7 +176,7 @@ def test_parts_of_blosc_chunks_equal_zarr_python(tmp_path, dtype, typesize, shuf
             np.testing.assert_array_equal(got, expected_boxes(values, one[None], shape, 9))
 
 
-def test_parts_of_unsplit_blosc_lz4_chunks(tmp_path):
+def test_parts_of_unsplit_blosc_lz4_chunks(tmp_path, partial_decode):
     """c-blosc can write LZ4 blocks unsplit (one shuffled stream a block: BLOSC_SPLITMODE
     NEVER); the kernel then decodes each block up to its last needed byte plane."""
     import ctypes
@@ -200,7 +209,7 @@ def test_parts_of_unsplit_blosc_lz4_chunks(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "stream size"])
-def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage):
+def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage, partial_decode):
     values = _blosc_values((1, 64, 64), "float32", np.random.default_rng(4))
     z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 64, 64),
                           dtype="float32", compressors=BloscCodec(cname="lz4"))
@@ -219,8 +228,9 @@ def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage):
 
 
 def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
-    """``lsio-decoded``: a whole read decodes every chunk; a crop of a chunk's first rows
-    decodes the prefix of each byte plane only; one of its last rows, the whole chunk."""
+    """``lsio-decoded``: a whole read decodes every chunk; so does a crop, unless
+    lsio.partial-decode is on: then a crop of a chunk's first rows decodes the prefix of each
+    byte plane only, one of its last rows the whole chunk."""
     values = _blosc_values((2, 128, 128), "float32", np.random.default_rng(5))
     z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 128, 128),
                           dtype="float32", compressors=BloscCodec(cname="lz4"))
@@ -236,11 +246,15 @@ def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
 
     assert decoded(lambda: read_region(spec, (slice(0, 2), slice(0, 128), slice(0, 128)),
                                        engine)) == values.nbytes
-    # rows 0-15, columns 0-15: elements up to 15 * 128 + 16 of each of the 4 byte planes
+    # by default chunks are decoded whole (corruption anywhere in them is found)
     assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \
-        4 * (15 * 128 + 16)
-    assert decoded(lambda: read_boxes(spec, [[1, 100, 0]], (1, 16, 16), engine=engine)) == \
         128 * 128 * 4
+    with dask.config.set({"lsio.partial-decode": True}):
+        # rows 0-15, columns 0-15: elements up to 15 * 128 + 16 of each of the 4 byte planes
+        assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \
+            4 * (15 * 128 + 16)
+        assert decoded(lambda: read_boxes(spec, [[1, 100, 0]], (1, 16, 16), engine=engine)) \
+            == 128 * 128 * 4
 
 
 def test_sharded_chunk_several_boxes_need_is_decoded_once(tmp_path):

@@ -127,3 +127,17 @@ void lsio_collect(lsio_req *reqs, const int64_t *idx, int64_t k, int32_t *err,
 
 void *lsio_alloc(int64_t size);
 void lsio_free(void *p);
+
+/* Plain-syscall reads (_posix.c), for the thread engine where io_uring cannot run: done
+ * request by request in Python, a small chunk costs more in bytecode and GIL hand-offs than
+ * in reading and decoding it; here a worker thread reads a whole group and hands each read's
+ * bytes to the batch's read hook (the decode kernel) in one call, with the GIL released. */
+/* Read requests [0, n) of `reqs` (filled by lsio_fill_reads; buf is not used) one after the
+ * other on the calling thread: open, (fstat for suffixes,) pread until the range or the file
+ * ends, close; each into a buffer of `bufsize` bytes owned here (grown for a read to EOF of
+ * a larger file), whose bytes are then handed to `hook` with the request's index. Outcomes
+ * go to each request's err, err_stage, start and nbytes, as the ring reports them (stage
+ * LSIO_ST_HOOK: the hook rejected the bytes). Returns 0, or ENOMEM when no buffer could be
+ * had (the requests then fail with ENOMEM). */
+int lsio_posix_read_hooked(lsio_req *reqs, int64_t n, int direct, int64_t bufsize,
+                           lsio_hook hook, void *ctx);

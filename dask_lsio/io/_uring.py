@@ -25,7 +25,7 @@ from dask.utils import parse_timedelta
 
 from .. import config
 from ..errors import EngineUnavailableError
-from . import _batch
+from . import _batch, _cbatch
 from .engine import Engine
 from . import hooks
 from .hooks import ReadHook
@@ -185,7 +185,7 @@ class IoUringEngine(Engine):
         if n == 0:
             return
         reqs = ffi.new("lsio_req[]", n)
-        keep = _fill(reqs, batch)
+        keep = _cbatch.fill(reqs, batch)
         grown = np.zeros(n, dtype=np.uint64)
         parts = _split(n, self.submit_threads)
         if len(parts) == 1:  # small batches stay on the calling thread: no hand-off
@@ -212,13 +212,13 @@ class IoUringEngine(Engine):
                     finished, err = True, -k
                     break
                 done = out[:k] + lo
-                _collect(reqs, done, batch, grown)
+                _cbatch.collect(reqs, done, batch, grown)
                 yield done
         finally:
             if not finished:  # the kernel may still write into our buffers: cancel, drain
                 err = -lib.lsio_batch_cancel(ring.ptr)
             if err or not finished:
-                _collect(reqs, np.arange(lo, hi, dtype=np.int64), batch, grown)  # frees grown
+                _cbatch.collect(reqs, np.arange(lo, hi, dtype=np.int64), batch, grown)  # frees grown
             error = self._batch_error(err, ring, batch, lo, hi) if err else None
             self._release(ring, (reqs, batch))  # (closes a broken ring: info read above)
             if error is not None:
@@ -277,7 +277,7 @@ class IoUringEngine(Engine):
         if n == 0:
             return {}
         reqs = ffi.new("lsio_req[]", n)
-        keep = _fill(reqs, batch)
+        keep = _cbatch.fill(reqs, batch)
         c_hook = ffi.cast("lsio_hook", hook.function)
         spans = spans or [(0, n)]
         # what the largest read needs (O_DIRECT capacities include the aligned start and end)
@@ -295,7 +295,7 @@ class IoUringEngine(Engine):
                 k = lib.lsio_batch_run(ring.ptr)
                 if k < 0:  # C cancelled what was in flight and ended the batch
                     part = np.arange(lo, hi, dtype=np.int64)
-                    _collect(reqs, part, batch, np.zeros(n, dtype=np.uint64))
+                    _cbatch.collect(reqs, part, batch, np.zeros(n, dtype=np.uint64))
                     raise self._batch_error(-k, ring, batch, lo, hi)
             finally:
                 self._release(ring, (reqs, batch))
@@ -306,7 +306,7 @@ class IoUringEngine(Engine):
         finally:
             for f in futures:  # no part may outlive the batch's requests
                 f.result()
-        _collect(reqs, np.arange(n, dtype=np.int64), batch, np.zeros(n, dtype=np.uint64))
+        _cbatch.collect(reqs, np.arange(n, dtype=np.int64), batch, np.zeros(n, dtype=np.uint64))
         del keep
         self._count(batch)
         return {i: batch.error(i) for i in np.flatnonzero(batch.err).tolist()}
@@ -342,47 +342,5 @@ class IoUringEngine(Engine):
                 rings.close()
 
 
-def _fill(reqs, batch: _batch.Batch) -> list:
-    """Fill the C request array from the batch's columns; return what must stay alive."""
-    n = len(batch)
-    path_at = batch.path_at
-    c_blob = ffi.from_buffer(batch.blob)
-    keep = [c_blob]
-    if batch.kind == _batch.READ:
-        lib.lsio_fill_reads(
-            reqs, n, c_blob, _i64(path_at), _i64(batch.offsets), _i64(batch.lengths),
-            ffi.from_buffer("uint64_t[]", batch.addrs), _i64(batch.caps), int(batch.grow),
-        )
-    elif batch.kind == _batch.WRITE:
-        tmp_blob, tmp_at = _batch.encode_paths(batch.tmp_paths)
-        c_tmp = ffi.from_buffer(tmp_blob)
-        keep += [tmp_blob, tmp_at, c_tmp]
-        lib.lsio_fill_writes(
-            reqs, n, c_blob, _i64(path_at), c_tmp, _i64(tmp_at),
-            ffi.from_buffer("uint64_t[]", batch.addrs), _i64(batch.lengths),
-        )
-    else:
-        lib.lsio_fill_deletes(reqs, n, c_blob, _i64(path_at))
-    return keep
-
-
 def _start_error(err: int) -> OSError:
     return OSError(err, f"cannot start an io_uring batch: {os.strerror(err)}")
-
-
-def _i64(arr: np.ndarray):
-    return ffi.from_buffer("int64_t[]", np.ascontiguousarray(arr, dtype=np.int64))
-
-
-def _collect(reqs, done: np.ndarray, batch: _batch.Batch, grown: np.ndarray) -> None:
-    """Copy the outcome of finished requests into the batch; adopt buffers C had to grow."""
-    lib.lsio_collect(
-        reqs, ffi.from_buffer("int64_t[]", done), len(done),
-        ffi.from_buffer("int32_t[]", batch.err), ffi.from_buffer("int32_t[]", batch.stage),
-        ffi.from_buffer("int64_t[]", batch.start), ffi.from_buffer("int64_t[]", batch.nbytes),
-        ffi.from_buffer("uint64_t[]", grown),
-    )
-    for i in np.flatnonzero(grown[done]).tolist():
-        idx = int(done[i])
-        ptr = ffi.gc(ffi.cast("char *", int(grown[idx])), lib.lsio_free)
-        batch.own[idx] = ffi.buffer(ptr, int(batch.start[idx] + batch.nbytes[idx]))

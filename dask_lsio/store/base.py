@@ -99,6 +99,10 @@ class Store(ABC):
         start an IO engine in the client process)."""
 
     @abstractmethod
+    def sizes(self, keys: Sequence[str]) -> list[int | None]:
+        """Each object's size in bytes, None where there is none."""
+
+    @abstractmethod
     def hold(self, keys: Sequence[str]) -> contextlib.AbstractContextManager[Held]:
         """Hold the current version of each object while the context lasts: reads through
         the returned :class:`Held` see those versions whatever is written meanwhile."""

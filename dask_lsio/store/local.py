@@ -101,6 +101,15 @@ class LocalStore(Store):
     def has(self, keys: Sequence[str]) -> list[bool]:
         return [os.path.isfile(p) for p in self.paths(keys)]
 
+    def sizes(self, keys: Sequence[str]) -> list[int | None]:
+        out: list[int | None] = []
+        for path in self.paths(keys):  # (a held key's path is its open file's)
+            try:
+                out.append(os.stat(path).st_size)
+            except FileNotFoundError:
+                out.append(None)
+        return out
+
     @contextlib.contextmanager
     def hold(self, keys: Sequence[str]) -> Iterator[Held]:
         keys = list(keys)

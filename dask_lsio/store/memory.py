@@ -165,6 +165,9 @@ class MemoryStore(Store):
     def has(self, keys: Sequence[str]) -> list[bool]:
         return [self._head + k in self._space.mapping for k in keys]
 
+    def sizes(self, keys: Sequence[str]) -> list[int | None]:
+        return [None if (v := self._value(k)) is None else len(v) for k in keys]
+
     @contextlib.contextmanager
     def hold(self, keys: Sequence[str]) -> Iterator[Held]:
         yield _Snapshot(self, list(keys))

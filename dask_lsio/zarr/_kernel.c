@@ -1,24 +1,23 @@
 /* dask-lsio decode kernel. See _kernel.h for the model.
  *
  * Codecs are the reference C libraries (c-blosc 1.x, libzstd, zlib), called the way
- * numcodecs calls them, so what decodes here decodes there and vice versa; every decoded size
- * is checked against the chunk's size, so a corrupt or truncated chunk is an error, never
- * silently wrong values.
+ * numcodecs calls them (_kernel_codecs.c), so what decodes here decodes there and vice versa;
+ * every decoded size is checked against the chunk's size, so a corrupt or truncated chunk is
+ * an error, never silently wrong values.
  */
 #include <string.h>
 #include <blosc.h>
 #include <lz4.h>
-#include <zlib.h>
-#include <zstd.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
 
 #include "_kernel.h"
+#include "_kernel_codecs.h"
 
 uint32_t lsio_kernel_codecs(void) {
     return (1u << LSIO_CODEC_NONE) | (1u << LSIO_CODEC_BLOSC) | (1u << LSIO_CODEC_ZSTD) |
-           (1u << LSIO_CODEC_ZLIB);
+           (1u << LSIO_CODEC_ZLIB) | (1u << LSIO_CODEC_GZIP);
 }
 
 static int64_t chunk_nbytes(const lsio_kplan *p) {
@@ -27,36 +26,14 @@ static int64_t chunk_nbytes(const lsio_kplan *p) {
     return n;
 }
 
-/* One context per thread: each ring runs on one thread, and contexts are not shareable. */
-static __thread ZSTD_DCtx *zstd_ctx;
-
-static int decode_zstd(const char *src, int64_t n, char *dst, int64_t want) {
-    if (!zstd_ctx && !(zstd_ctx = ZSTD_createDCtx())) return LSIO_KERR_NOMEM;
-    size_t got = ZSTD_decompressDCtx(zstd_ctx, dst, (size_t)want, src, (size_t)n);
-    if (ZSTD_isError(got)) return LSIO_KERR_CORRUPT;
-    return (int64_t)got == want ? 0 : LSIO_KERR_SIZE;
-}
-
-static int decode_blosc(const char *src, int64_t n, char *dst, int64_t want) {
-    size_t nbytes = 0;
-    /* checks the header's compressed size against what we have before reading past it */
-    if (n < BLOSC_MIN_HEADER_LENGTH || blosc_cbuffer_validate(src, (size_t)n, &nbytes) < 0)
-        return LSIO_KERR_CORRUPT;
-    if ((int64_t)nbytes != want) return LSIO_KERR_SIZE;
-    int got = blosc_decompress_ctx(src, dst, (size_t)want, 1);
-    if (got < 0) return LSIO_KERR_CORRUPT;
-    return got == want ? 0 : LSIO_KERR_SIZE;
-}
-
 /* Decode only the bytes [lo, hi) of a blosc chunk into dst + lo: the blocks holding them
  * (a crop that needs a few rows of a chunk decodes those rows, not the chunk). */
 static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want, int64_t lo,
                              int64_t hi, int64_t *decoded) {
-    size_t nbytes = 0, ts = 0;
+    size_t ts = 0;
     int flags = 0;
-    if (n < BLOSC_MIN_HEADER_LENGTH || blosc_cbuffer_validate(src, (size_t)n, &nbytes) < 0)
-        return LSIO_KERR_CORRUPT;
-    if ((int64_t)nbytes != want) return LSIO_KERR_SIZE;
+    int e = lsio_blosc_header(src, n, want);
+    if (e) return e;
     blosc_cbuffer_metainfo(src, &ts, &flags);
     if (ts < 1) ts = 1;
     int64_t first = lo / (int64_t)ts, last = (hi + (int64_t)ts - 1) / (int64_t)ts;
@@ -66,7 +43,7 @@ static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want
     return got == (last - first) * (int64_t)ts ? 0 : LSIO_KERR_SIZE;
 }
 
-/* ---- blosc-LZ4 chunks a crop needs a part of -------------------------------------------
+/* ---- blosc-LZ4 chunks a crop needs a part of (plan.partial: lsio.partial-decode) --------
  * A crop needs some rows of a chunk. c-blosc decodes whole blocks (a 64 KiB chunk is one
  * block) and unshuffles them whole, so we read the blocks of c-blosc's format 2 with LZ4 and
  * byte shuffle (or none) ourselves: a stream holding none of the bytes the crop needs is not
@@ -78,7 +55,7 @@ static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want
  * the bytes; stored raw when that size is the stream's). A shuffled block of `nq` elements
  * of `ts` bytes holds byte b of element i at b * nq + i (split in `ts` streams, each is a
  * byte plane). Bytes after the last one needed are not decoded, so corruption there goes
- * unnoticed; what is delivered decoded correctly. */
+ * unnoticed (where zarr-python, decoding whole chunks, raises): hence opt-in. */
 #define BLOSC_NOSPLIT 0x10   /* header flag: blocks are one stream each */
 #define BLOSC_MAX_SPLITS 16  /* c-blosc splits blocks of at most this typesize ... */
 #define BLOSC_MIN_SPLIT 128  /* ... and at least this many elements */
@@ -97,10 +74,8 @@ static int64_t le32(const uint8_t *p) {
 
 /* 1: a chunk read_lz4_part handles (v filled), 0: not (c-blosc decodes it), or -err. */
 static int blosc_lz4_view(const char *src, int64_t n, int64_t want, blosc_view *v) {
-    size_t nbytes = 0;
-    if (n < BLOSC_MIN_HEADER_LENGTH || blosc_cbuffer_validate(src, (size_t)n, &nbytes) < 0)
-        return -LSIO_KERR_CORRUPT;
-    if ((int64_t)nbytes != want) return -LSIO_KERR_SIZE;
+    int e = lsio_blosc_header(src, n, want);
+    if (e) return -e;
     const uint8_t *h = (const uint8_t *)src;
     int flags = h[2];
     v->src = h;
@@ -243,28 +218,13 @@ static void copy_unshuffled(const blosc_view *v, const char *scratch, int64_t x,
     }
 }
 
-static int decode_zlib(const char *src, int64_t n, char *dst, int64_t want) {
-    z_stream z;
-    memset(&z, 0, sizeof(z));
-    if (inflateInit2(&z, 15 + 32) != Z_OK) return LSIO_KERR_NOMEM; /* zlib or gzip header */
-    z.next_in = (Bytef *)src;
-    z.avail_in = (uInt)n;
-    z.next_out = (Bytef *)dst;
-    z.avail_out = (uInt)want;
-    int ret = inflate(&z, Z_FINISH);
-    int64_t got = (int64_t)z.total_out;
-    inflateEnd(&z);
-    if (ret == Z_BUF_ERROR && got == want) return LSIO_KERR_SIZE; /* more data than fits */
-    if (ret != Z_STREAM_END) return LSIO_KERR_CORRUPT;
-    return got == want ? 0 : LSIO_KERR_SIZE;
-}
-
 static int decode(const lsio_kplan *p, const char *src, int64_t n, char *dst, int64_t want) {
     int e;
     switch (p->codec) {
-    case LSIO_CODEC_BLOSC: e = decode_blosc(src, n, dst, want); break;
-    case LSIO_CODEC_ZSTD: e = decode_zstd(src, n, dst, want); break;
-    case LSIO_CODEC_ZLIB: e = decode_zlib(src, n, dst, want); break;
+    case LSIO_CODEC_BLOSC: e = lsio_decode_blosc(src, n, dst, want); break;
+    case LSIO_CODEC_ZSTD: e = lsio_decode_zstd(src, n, dst, want); break;
+    case LSIO_CODEC_ZLIB: e = lsio_decode_zlib(src, n, dst, want, 0); break;
+    case LSIO_CODEC_GZIP: e = lsio_decode_zlib(src, n, dst, want, 1); break;
     default:
         if (n != want) return LSIO_KERR_SIZE;
         memcpy(dst, src, (size_t)want);
@@ -345,7 +305,9 @@ static void sel_span(const lsio_kplan *p, const int64_t *start, const int64_t *c
  * the job whose decoded chunk scratch holds (-1: none); a job of the same bytes reuses it, so
  * a chunk several boxes need is decoded once (its jobs are consecutive in the plan). A blosc
  * chunk only this job needs (`shared`: the next job needs the same chunk) is decoded in
- * part: the stream prefixes its selection needs (blosc-LZ4), else the blocks it spans. */
+ * part where the plan allows it (`partial`): the stream prefixes its selection needs
+ * (blosc-LZ4), else the blocks it spans. Otherwise chunks are decoded whole, so that a chunk
+ * zarr-python cannot decode is an error here too, whatever part of it is needed. */
 static int decode_part(const lsio_kplan *p, int64_t j, const char *src, int64_t len,
                        int64_t *held, int shared, blosc_view *view, copy_src *s) {
     int64_t want = chunk_nbytes(p), h = *held;
@@ -354,7 +316,7 @@ static int decode_part(const lsio_kplan *p, int64_t j, const char *src, int64_t 
     if (h >= 0 && p->src_off[h] == p->src_off[j] && p->src_len[h] == p->src_len[j])
         return 0; /* scratch holds this chunk already */
     *held = -1;
-    if (p->codec != LSIO_CODEC_BLOSC || shared) {
+    if (p->codec != LSIO_CODEC_BLOSC || shared || !p->partial) {
         int e = decode(p, src, len, p->scratch, want);
         if (!e) *held = j;
         return e;

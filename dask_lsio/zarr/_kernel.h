@@ -14,7 +14,8 @@
 #define LSIO_CODEC_NONE 0
 #define LSIO_CODEC_BLOSC 1
 #define LSIO_CODEC_ZSTD 2
-#define LSIO_CODEC_ZLIB 3 /* zlib and gzip streams: the header tells them apart */
+#define LSIO_CODEC_ZLIB 3 /* numcodecs' zlib: one zlib stream (Python's zlib.decompress) */
+#define LSIO_CODEC_GZIP 4 /* numcodecs' gzip: gzip members (Python's gzip module) */
 
 /* job errors */
 #define LSIO_KERR_TRUNCATED 1 /* the chunk's byte range runs past the data read */
@@ -25,6 +26,8 @@
 typedef struct lsio_kplan {
     int32_t codec;
     int32_t ndim;
+    int32_t partial; /* blosc chunks a job needs a part of: decode only the blocks it needs
+                      * (faster; corruption elsewhere in the chunk then goes unnoticed) */
     int64_t itemsize;
     int64_t chunk_shape[LSIO_KMAXDIM]; /* the decoded chunk, C order */
     int64_t dest_strides[LSIO_KMAXDIM]; /* of the output array, in bytes */
@@ -41,6 +44,11 @@ typedef struct lsio_kplan {
 
 /* Which LSIO_CODEC_* this build decodes: bit (1 << codec). */
 uint32_t lsio_kernel_codecs(void);
+
+/* Tests: bytes zlib is given (in and out) per inflate call (zlib counts in 32 bits; default
+ * 1 GiB), and the per-thread zstd contexts alive (freed when their thread exits). */
+void lsio_kernel_set_zlib_step(int64_t step);
+int64_t lsio_kernel_zstd_contexts(void);
 
 /* The hook for hooked read batches: ctx is a lsio_kplan. Returns 0 or 1 (see job_err). */
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n);

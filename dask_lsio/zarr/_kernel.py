@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
+from .. import config, metrics
 from ..build import warn_missing
 from ..errors import ChunkDecodeError
 from ..io import hooks
@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the build
     ffi = lib = None
 
 MAX_DIM = 16
-_CODECS = {"blosc": 1, "zstd": 2, "zlib": 3, "gzip": 3}  # LSIO_CODEC_* of _kernel.h
+_CODECS = {"blosc": 1, "zstd": 2, "zlib": 3, "gzip": 4}  # LSIO_CODEC_* of _kernel.h
 _JOB_ERRORS = {
     1: "truncated: the chunk's byte range runs past the data read",
     2: "the codec rejected the data (corrupt)",
@@ -87,10 +87,12 @@ def run_many(jobs: list[Run], parts: int) -> list[dict[int, OSError]]:
         spans += [(int(base[k] + lo), int(base[k] + hi))
                   for lo, hi in hooks.spans(len(j.plan.keys), _parts(j.plan, j.spec.codec, parts))]
     made: list[Any] = []
+    partial = bool(config.get("partial-decode"))
 
     def make_ctx(lo: int) -> int:
         k = int(np.searchsorted(base, lo, side="right") - 1)
-        made.append(_plan(keep[k], jobs[k].out, jobs[k].spec.codec, codes[k], lo - int(base[k])))
+        made.append(_plan(keep[k], jobs[k].out, jobs[k].spec.codec, codes[k], lo - int(base[k]),
+                          partial))
         return int(ffi.cast("uintptr_t", made[-1][0]))
 
     hook = hooks.ReadHook(_hook(), make_ctx, _call, max(j.plan.hint for j in jobs) or 1)
@@ -156,10 +158,12 @@ def _plan_arrays(jobs: Plan, out: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _plan(arrays: dict[str, np.ndarray], out: np.ndarray, codec: ChunkCodec, code: int,
-          lo: int) -> tuple[Any, Any]:
-    """A C plan for the part of the batch starting at read ``lo`` (own scratch buffer)."""
+          lo: int, partial: bool = False) -> tuple[Any, Any]:
+    """A C plan for the part of the batch starting at read ``lo`` (own scratch buffer);
+    ``partial``: blosc chunks a job needs a part of are decoded in part."""
     p = ffi.new("lsio_kplan *")
     p.codec = code
+    p.partial = partial
     p.ndim = len(codec.shape)
     p.itemsize = codec.dtype.itemsize
     for d, (c, s) in enumerate(zip(codec.shape, out.strides)):

@@ -96,8 +96,8 @@ class ChunkCodec:
                 buf = self._check_crc(buf, key)
             codec = self.byte_codecs[0]
             if codec.codec_id == "blosc":
-                _check_blosc_frame(buf, key, self.names)
-            got = codec.decode(buf, out=out.reshape(-1).view(np.uint8))
+                _check_blosc_frame(buf, key, self.names, self.nbytes)
+            got = _decode_exact(codec, buf, out.reshape(-1).view(np.uint8))
         except ChunkDecodeError:
             raise
         except Exception as e:  # numcodecs raises RuntimeError, ValueError ... on bad input
@@ -114,10 +114,11 @@ class ChunkCodec:
         last = len(self.byte_codecs) - 1
         for i in range(last, -1, -1):
             codec = self.byte_codecs[i]
+            final = i == 0 and not self.filters  # the last step: into this thread's scratch
             if codec.codec_id == "blosc":
-                _check_blosc_frame(buf, key, self.names)
-            if i == 0 and not self.filters:  # the last step: into this thread's scratch
-                buf = codec.decode(buf, out=_scratch(self.nbytes))
+                _check_blosc_frame(buf, key, self.names, self.nbytes if final else None)
+            if final:
+                buf = _decode_exact(codec, buf, _scratch(self.nbytes))
             else:
                 buf = codec.decode(buf)
         for codec in reversed(self.filters):
@@ -174,12 +175,32 @@ def _scratch(nbytes: int) -> np.ndarray:
     return buf
 
 
-def _check_blosc_frame(buf: Any, key: str, names: str) -> None:
-    """Refuse a blosc frame whose header disagrees with its length.
+# numcodecs decoders that, given ``out``, fill all of it or raise: blosc once its header
+# says ``out``'s size (_check_blosc_frame), zlib (a copy with a shape check). zstd and gzip
+# decode a shorter stream into the start of a larger ``out`` without a word.
+_FILL_OUT = {"blosc", "zlib"}
+
+
+def _decode_exact(codec: Any, buf: Any, out: np.ndarray) -> Any:
+    """``codec.decode(buf)`` into ``out`` (uint8); returns what was decoded (``out``, or the
+    codec's own buffer when its size is not ``out``'s, for the caller to report)."""
+    if codec.codec_id in _FILL_OUT:
+        return codec.decode(buf, out=out)
+    got = memoryview(codec.decode(buf)).cast("B")
+    if got.nbytes == out.nbytes:
+        out[...] = np.frombuffer(got, np.uint8)
+        return out
+    return got
+
+
+def _check_blosc_frame(buf: Any, key: str, names: str, nbytes: int | None = None) -> None:
+    """Refuse a blosc frame whose header disagrees with its length, or with ``nbytes``, the
+    size it must decode to.
 
     numcodecs' blosc decoder trusts the header's compressed size and reads that many bytes:
     a truncated chunk would make it read past the end of the buffer (in recycled buffers,
-    possibly a stale copy of the same chunk, which then "decodes" without error).
+    possibly a stale copy of the same chunk, which then "decodes" without error). Given a
+    larger ``out``, it fills the header's size of it and leaves the rest as it was.
     """
     view = memoryview(buf).cast("B")
     if len(view) < 16:
@@ -189,6 +210,10 @@ def _check_blosc_frame(buf: Any, key: str, names: str) -> None:
         raise ChunkDecodeError(
             key, names, f"blosc frame of {cbytes} bytes but {len(view)} stored (truncated?)"
         )
+    size = int.from_bytes(view[4:8], "little")
+    if nbytes is not None and size != nbytes:
+        raise ChunkDecodeError(key, names, f"blosc frame of {size} values' bytes, a chunk "
+                               f"holds {nbytes}")
 
 
 def v3_chain(codecs: list[dict], shape: tuple[int, ...], data_type: Any) -> ChunkCodec:

@@ -8,6 +8,7 @@ end of the shard or at its start.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from collections import OrderedDict
@@ -71,6 +72,8 @@ def read_indexes(spec: ArraySpec, keys: Sequence[str], store: Store,
     lengths = np.full(len(todo), -1 if layout.index_at_end else n, dtype=np.int64)
     # the whole batch finishes before anything is raised: no read stays in flight
     results = list(store.get([keys[i] for i in todo], offsets, lengths, errors="return"))
+    # the sizes the entries must lie within (of the versions read, where they are held)
+    sizes = store.sizes([keys[i] for i in todo])
     for k, buf in results:
         i = todo[k]
         if isinstance(buf, FileNotFoundError) and present is None:
@@ -78,13 +81,31 @@ def read_indexes(spec: ArraySpec, keys: Sequence[str], store: Store,
         if isinstance(buf, BaseException):
             buf.add_note(f"while reading the shard index of the Zarr array at {spec.root!r}")
             raise buf
-        out[i] = parse_index(buf, n, layout.index_crc32c, per_shard, store.name(keys[i]))
+        size = sizes[k]
+        if size is None:  # removed since it was read: as if absent, unless held
+            if present is None:
+                continue
+            raise FileNotFoundError(errno.ENOENT, "shard removed while held", store.name(keys[i]))
+        out[i] = parse_index(buf, n, layout.index_crc32c, per_shard, store.name(keys[i]), size,
+                             layout.index_at_end)
     return out
 
 
-def parse_index(buf: Any, n: int, crc: bool, per_shard: tuple[int, ...],
-                name: str) -> np.ndarray:
-    """The index in ``buf`` (``n`` bytes, checked against its crc32c when ``crc``)."""
+def parse_index(buf: Any, n: int, crc: bool, per_shard: tuple[int, ...], name: str,
+                size: int | None = None, at_end: bool = True) -> np.ndarray:
+    """The index in ``buf`` (``n`` bytes, checked against its crc32c when ``crc``).
+
+    Given the shard's ``size`` in bytes, every entry must be absent (both fields 2^64-1) or
+    locate 1 or more bytes between the index and the end of the file (``at_end``: the index
+    is the file's last ``n`` bytes, else its first): a corrupt entry would otherwise ask for
+    a read of any size at any offset (an index without a crc32c has nothing else to catch
+    it), and its values, cast to the int64 offsets of a plan, turn negative past 2^63.
+
+    Raises
+    ------
+    ChunkDecodeError
+        Naming the shard (``name``), for a short index, a crc32c mismatch or a bad entry.
+    """
     data = memoryview(buf).cast("B")
     what = "sharding_indexed index"
     if len(data) != n:
@@ -94,7 +115,29 @@ def parse_index(buf: Any, n: int, crc: bool, per_shard: tuple[int, ...],
         if crc32c.crc32c(data[:-4]) != want:
             raise ChunkDecodeError(name, what, "index crc32c mismatch")
         data = data[:-4]
-    return np.frombuffer(data, dtype="<u8").reshape(per_shard + (2,)).copy()
+    index = np.frombuffer(data, dtype="<u8").reshape(per_shard + (2,)).copy()
+    if size is not None:
+        _check_entries(index, name, (0, size - n) if at_end else (n, size))
+    return index
+
+
+def _check_entries(index: np.ndarray, name: str, chunks: tuple[int, int]) -> None:
+    """Raise ChunkDecodeError naming the shard for the first entry that is neither absent nor
+    1 or more bytes within ``chunks`` (the [start, end) of the file that holds chunks)."""
+    offset, nbytes = index[..., 0], index[..., 1]
+    absent = (offset == EMPTY) & (nbytes == EMPTY)
+    lo, hi = np.uint64(max(chunks[0], 0)), np.uint64(max(chunks[1], 0))
+    # offset + nbytes <= hi, written so that nothing overflows uint64
+    room = hi - np.minimum(offset, hi)
+    inside = (offset >= lo) & (offset <= hi) & (nbytes >= 1) & (nbytes <= room)
+    bad = np.argwhere(~(absent | inside))
+    if len(bad):
+        at = tuple(int(i) for i in bad[0])
+        o, b = (int(x) for x in index[at])
+        raise ChunkDecodeError(
+            name, "sharding_indexed index",
+            f"entry {at} (offset {o}, nbytes {b}) is not within the shard's chunk bytes "
+            f"{chunks[0]}-{chunks[1]}" + (f" ({len(bad)} bad entries)" if len(bad) > 1 else ""))
 
 
 class IndexCache:
