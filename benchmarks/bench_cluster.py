@@ -2,7 +2,8 @@
 """Cluster benchmark of dask-lsio: a full scan on a distributed LocalCluster, against dask.
 
 The read benchmark's dataset (A) (``bench_read.py``: 1024 x 512 x 512 float32, 16,384 chunk
-files of 1x128x128, blosc-lz4; ``--quick``: 128 steps), generated there and reused. One
+files of 1x128x128, blosc-lz4; ``--quick``: 128 steps; ``--tiny``: 16), generated once
+(``harness/zarr_data.py``) and reused. One
 ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` on loopback with
 ``LSIOWorkerPlugin`` registered serves every reader, in the same run, taking turns:
 
@@ -18,8 +19,14 @@ Warm runs pre-read the dataset; cold runs (root only) drop the page cache before
 run's sum is checked against the one computed when the data was generated. GB/s are decimal,
 of the decoded array; "x dask" compares with ``dask`` in the same cache state.
 
+With ``--baseline OTHER``, ``dask_lsio@baseline`` is the same scan with the other dask_lsio:
+a worker process of the baseline's Python runs its own LocalCluster of the same shape (whose
+processes import the other dask_lsio) and times the scan there, in turns with the others;
+"x baseline" compares with it.
+
     python benchmarks/bench_cluster.py            # full: 5 repeats
     python benchmarks/bench_cluster.py --quick    # 128 steps, 2 repeats
+    python benchmarks/bench_cluster.py --quick --baseline ../baseline
 
 Raw timings and medians go to ``--json`` (default ``bench-results/bench_cluster.json``); the
 last line prints the issue's "done when" check.
@@ -28,20 +35,29 @@ last line prints the issue's "done when" check.
 from __future__ import annotations
 
 import argparse
-import sys
+import math
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+from harness import args as cli
+from harness.cache import drop_caches, preread_files
+from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Unavailable,
+                            finish, fmt, print_table, rel, run_meta)
+from harness.results import Result, Run, lookup, versus, versus_baseline
+from harness.sides import report_sides, resolve_baseline, split_reader, with_twins
+from harness.workers import Worker, reason, serve, start_all
+from harness.zarr_data import STEPS, Dataset, make_specs, prepare_datasets
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_io  # noqa: E402  (cache control, JSON layout, checks)
-import bench_read  # noqa: E402  (the dataset)
-
+SCRIPT = Path(__file__).resolve()
 READERS = ["dask_lsio", "dask", "dask-coarse"]
+TWINNED = {"dask_lsio"}  # the reader that is dask_lsio: its --baseline twin
+CLUSTER = dict(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+               dashboard_address=None)
+VERIFIED = "every run's sum against the data's (rtol 1e-6)"
 
 
-def scan(reader: str, path: str, blocks) -> object:
+def scan(reader: str, path: str, blocks: Any) -> Any:
     """The dask collection whose compute is the timed scan."""
     import dask.array as da
 
@@ -54,84 +70,170 @@ def scan(reader: str, path: str, blocks) -> object:
     return da.from_zarr(path, chunks=blocks).sum(dtype="float64")
 
 
-def timed(client, reader: str, ds: bench_read.Dataset, blocks, cold: bool) -> float:
+def timed(client: Any, reader: str, path: str, blocks: Any, cold: bool) -> dict:
     """One scan on the cluster; the graph is built before the clock starts."""
-    job = scan(reader, str(ds.root), blocks)
+    job = scan(reader, path, blocks)
     if cold:
-        bench_io.drop_caches()
+        drop_caches()
     t0 = time.perf_counter()
     total = client.compute(job).result()
-    seconds = time.perf_counter() - t0
-    if not np.isclose(total, ds.total_sum, rtol=1e-6):
-        raise AssertionError(f"{reader}: sum {total} != {ds.total_sum}")
-    return seconds
+    return {"seconds": time.perf_counter() - t0, "sum": float(total)}
 
 
-def run(args) -> dict[tuple[str, str], list[float]]:
+class Served:
+    """The worker's side (``--baseline``): a LocalCluster of its own, whose processes import
+    this process's dask_lsio; every request is one timed scan on it."""
+
+    def __init__(self) -> None:
+        import distributed
+
+        import dask_lsio
+
+        self.cluster = distributed.LocalCluster(**CLUSTER)
+        self.client = distributed.Client(self.cluster)
+        self.client.register_plugin(dask_lsio.LSIOWorkerPlugin())
+
+    def handle(self, request: dict) -> dict:
+        out = timed(self.client, request["reader"], request["path"], None, request["cold"])
+        return {"ok": True} | out
+
+    def close(self) -> None:
+        self.client.close()
+        self.cluster.close()
+
+
+def worker_setup(reader: str) -> tuple[Served, dict]:
+    """Serve the scans with whichever dask_lsio this process imports."""
+    import dask_lsio
+
+    if reader not in TWINNED:
+        raise ValueError(f"{reader} has no baseline twin")
+    served = Served()
+    # the cluster's processes must read with this dask_lsio too, not only this process
+    files = set(served.client.run(lambda: __import__("dask_lsio").__file__).values())
+    if files != {dask_lsio.__file__}:
+        raise RuntimeError(f"the cluster's workers import dask_lsio from {sorted(files)}")
+    return served, {"dask_lsio": dask_lsio.__version__, "file": dask_lsio.__file__}
+
+
+def one_run(client: Any, label: str, workers: dict[str, Worker], ds: Dataset, blocks: Any,
+            cold: bool) -> dict:
+    """One scan by ``label``: on this process's cluster, or in its worker's (a twin)."""
+    if label not in workers:
+        return timed(client, label, str(ds.root), blocks, cold)
+    w = workers[label]
+    if w.error:
+        raise RuntimeError(w.error)
+    reply = w.request("scan", reader=split_reader(label)[0], path=str(ds.root), cold=cold)
+    if not reply.get("ok"):
+        raise RuntimeError(reply.get("error", "no reply"))
+    return reply
+
+
+def attempt(client: Any, res: Result, workers: dict[str, Worker], ds: Dataset, blocks: Any,
+            cold: bool, keep: bool) -> None:
+    """Run ``res.reader`` once, check its sum; ``keep``: a timed run, appended to ``res``."""
+    if res.error:
+        return
+    try:
+        out = one_run(client, res.reader, workers, ds, blocks, cold)
+    except Exception as e:  # a reader that fails is reported, the others go on
+        res.error = reason(e)
+        return
+    if not math.isclose(out["sum"], ds.total_sum, rel_tol=1e-6):
+        res.error = f"wrong result: sum {out['sum']} != {ds.total_sum}"
+    elif keep:
+        res.runs.append(Run(out["seconds"], ds.spec.nbytes))
+        print(f"  {res.cache} {res.reader} run {len(res.runs)}: {out['seconds']:.3f} s "
+              f"({res.gbps:.3f} GB/s)", flush=True)
+
+
+def run(args: argparse.Namespace, ds: Dataset, readers: list[str],
+        workers: dict[str, Worker]) -> list[Result]:
+    """Every reader ``--repeats`` times per cache state on a 2-worker LocalCluster, in turns."""
     import distributed
 
     import dask_lsio
 
-    ds, = bench_read.prepare_datasets([bench_read.make_specs(args.quick)["A"]], args.data_dir)
     blocks = dask_lsio.from_zarr(str(ds.root)).chunks
-    states = ["warm"] + (["cold"] if args.cold and bench_io.can_drop_caches() else [])
-    times: dict[tuple[str, str], list[float]] = {}
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  host="127.0.0.1", dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    states = cli.cache_states(args)
+    results: list[Result] = []
+    with distributed.LocalCluster(**CLUSTER) as cluster, distributed.Client(cluster) as client:
         client.register_plugin(dask_lsio.LSIOWorkerPlugin())
         for state in states:
             if state == "warm":
-                bench_io.preread(ds)
-            readers = list(args.readers)
-            for reader in readers:  # untimed first run of each (warms the workers' imports)
-                timed(client, reader, ds, blocks, cold=False)
-            for rep in range(args.repeats):
-                for reader in readers:
-                    s = timed(client, reader, ds, blocks, cold=state == "cold")
-                    times.setdefault((state, reader), []).append(s)
-                    print(f"  {state} {reader} run {rep + 1}: {s:.3f} s "
-                          f"({ds.spec.nbytes / 1e9 / s:.3f} GB/s)", flush=True)
-                readers = readers[1:] + readers[:1]  # turns rotate between repeats
-    return times
+                preread_files(ds.paths)
+            rows = {r: Result(cache=state, reader=r, verified=VERIFIED) for r in readers}
+            turns = list(readers)
+            for reader in turns:  # untimed first run of each (warms the workers' imports)
+                attempt(client, rows[reader], workers, ds, blocks, cold=False, keep=False)
+            for _ in range(args.repeats):
+                for reader in turns:
+                    attempt(client, rows[reader], workers, ds, blocks, state == "cold", True)
+                turns = turns[1:] + turns[:1]  # turns rotate between repeats
+            results += rows.values()
+    return results
 
 
-def report(times: dict, nbytes: int) -> tuple[list[dict], list[bench_io.Check]]:
+def report(results: list[Result], baseline: bool) -> tuple[list[dict], list[Check]]:
+    """Print the table; the JSON rows and the "done when" check."""
+    width = max([12] + [len(r.reader) for r in results])
+    columns = [Column("cache", 6, "<"), Column("reader", width, "<"), Column("median s", 9),
+               Column("GB/s", 7), Column("x dask", 7)] + ([BASELINE_COLUMN] if baseline else [])
+    table: list[list[str] | Unavailable] = []
     rows = []
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    print(f"\n{'cache':6} {'reader':12} {'median s':>9} {'GB/s':>7} {'x dask':>7}")
-    for (state, reader), m in med.items():
-        base = med.get((state, "dask"))
-        ratio = base / m if base else None
-        print(f"{state:6} {reader:12} {m:9.3f} {nbytes / 1e9 / m:7.3f} "
-              f"{ratio if ratio else float('nan'):7.2f}")
-        rows.append({"cache": state, "reader": reader, "seconds": times[(state, reader)],
-                     "median_s": m, "gb_per_s": nbytes / 1e9 / m, "x_dask": ratio})
-    warm = med.get(("warm", "dask_lsio")), med.get(("warm", "dask"))
-    value = warm[1] / warm[0] if all(warm) else None
-    checks = [bench_io.Check("warm full scan on a 2-worker LocalCluster: dask_lsio / "
-                             "dask.array.from_zarr", value, 5)]
+    for r in results:
+        row = {"cache": r.cache, "reader": r.reader, "seconds": [x.seconds for x in r.runs],
+               "verified": r.verified}
+        if not r.ok:
+            table.append(Unavailable([r.cache, r.reader], r.error or "no runs"))
+            rows.append(row | {"error": r.error or "no runs"})
+            continue
+        x_dask, x_base = versus(results, r, "dask"), versus_baseline(results, r)
+        table.append([r.cache, r.reader, f"{r.median_s:.3f}", f"{r.gbps:.3f}", fmt(x_dask)]
+                     + ([fmt(x_base)] if baseline else []))
+        rows.append(row | {"median_s": r.median_s, "gb_per_s": r.gbps, "x_dask": x_dask}
+                    | ({"ratio_baseline": x_base} if baseline else {}))
+    print()
+    print_table(columns, table, "GB/s: decimal, of the decoded array; x dask: GB/s over "
+                "dask.array.from_zarr's in the same cache state"
+                + ("\n" + BASELINE_LEGEND if baseline else ""))
+    ours, theirs = (lookup(results, n, cache="warm") for n in ("dask_lsio", "dask"))
+    value = rel(ours.gbps if ours else None, theirs.gbps if theirs else None)
+    checks = [Check("warm full scan on a 2-worker LocalCluster: dask_lsio / "
+                    "dask.array.from_zarr", value, 5)]
     return rows, checks
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = cli.parser(__doc__, "cluster", quick="128 steps, 2 repeats", tiny="16 steps, 1 repeat")
+    p.add_argument("--readers", default=",".join(READERS), help="comma-separated subset")
+    args = cli.parse(p, argv)
+    args.readers = cli.name_list(p, args.readers, READERS, "--readers")
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="128 steps, 2 repeats")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per reader (5)")
-    p.add_argument("--readers", default=",".join(READERS))
-    p.add_argument("--no-cold", dest="cold", action="store_false", help="warm runs only")
-    p.add_argument("--data-dir", type=Path, default=Path("benchmarks/data"))
-    p.add_argument("--json", type=Path, default=Path("bench-results/bench_cluster.json"))
-    args = p.parse_args(argv)
-    args.readers = [r for r in args.readers.split(",") if r]
-    if args.repeats is None:
-        args.repeats = 2 if args.quick else 5
-    nbytes = bench_read.make_specs(args.quick)["A"].nbytes
-    times = run(args)
-    rows, checks = report(times, nbytes)
-    meta = bench_io.run_meta(args) | {
-        "cluster": "LocalCluster(n_workers=2, threads_per_worker=1, processes=True)"}
-    bench_io.finish(args.json, meta, rows, checks)
+    args = parse_args(argv)
+    if args.worker:
+        return serve(lambda: worker_setup(args.worker))
+    started = time.perf_counter()
+    baseline = resolve_baseline(args.baseline) if args.baseline else None
+    readers = with_twins(args.readers, TWINNED, baseline)
+    ds, = prepare_datasets([make_specs(STEPS[args.size])["A"]], args.data_dir)
+    workers = {r: Worker(SCRIPT, split_reader(r)[0], baseline)
+               for r in readers if split_reader(r)[1]}
+    start_all(list(workers.values()))
+    try:
+        results = run(args, ds, readers, workers)
+    finally:
+        for w in workers.values():
+            w.close()
+    rows, checks = report(results, baseline is not None)
+    meta = run_meta(args) | {"cluster": "LocalCluster(n_workers=2, threads_per_worker=1, "
+                                        "processes=True)"}
+    meta |= report_sides(baseline)
+    finish(args, meta, rows, checks, started)
 
 
 if __name__ == "__main__":

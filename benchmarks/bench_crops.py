@@ -2,11 +2,12 @@
 """Training-loader benchmark of dask-lsio: random-crop batches and ordered streaming.
 
 Dataset (A) of the read benchmark (``bench_read.py``: 1024 x 512 x 512 float32, chunks
-1x128x128 blosc-lz4, 16,384 files; ``--quick``: 128 steps), generated there and reused.
+1x128x128 blosc-lz4, 16,384 files; ``--quick``: 128 steps; ``--tiny``: 16), generated
+once (``harness/zarr_data.py``) and reused.
 
 ``crops``   batches of 32 crops of 8 x 64 x 64 at the same random locations for every reader
             (``dask_lsio.RandomCrops(...).locations``, seed 0), ``--batches`` of them (60;
-            quick 10), after three untimed batches at other locations (every reader's
+            quick 10; tiny 2), after three untimed batches at other locations (every reader's
             threads and buffers exist by then; one for dask):
 
             ``dask_lsio``    ``dask_lsio.RandomCrops(path, (8, 64, 64), 32)``, prefetch 2
@@ -14,6 +15,7 @@ Dataset (A) of the read benchmark (``bench_read.py``: 1024 x 512 x 512 float32, 
                              crop, one after the other, stacked per batch
             ``zarrs``        the same loop with ``zarrs.ZarrsCodecPipeline`` (strict)
             ``tensorstore``  all crops of a batch issued at once (futures), then stacked
+                             (zarrs and tensorstore: skipped, with a note, if not installed)
             ``dask``         ``dask.array.from_zarr(path)`` sliced per crop, one
                              ``da.stack(...).compute()`` per batch (threaded scheduler);
                              a sixtieth of the batches (each takes ~20 s), so its sum
@@ -36,13 +38,18 @@ Dataset (A) of the read benchmark (``bench_read.py``: 1024 x 512 x 512 float32, 
             ``dask_lsio.from_zarr(path).sum()`` as the reference. The dask_lsio readers
             make one untimed pass first (a warm process, like bench_read's workers).
 
-Every reader runs in a fresh process per run (``--worker``), readers taking turns within each
-repeat; the crops' float64 sum is checked to agree between readers, the stream sums against
-the data's. Warm runs pre-read the dataset; cold runs (root only) drop the page cache before
-each run. Medians over ``--repeats`` (5; quick 2).
+Every reader runs in a fresh process per run (``--worker``, ``crops_tasks.py``), readers
+taking turns within each repeat; the crops' float64 sum is checked to agree between readers,
+the stream sums against the data's. Warm runs pre-read the dataset; cold runs (root only)
+drop the page cache before each run. Medians over ``--repeats`` (5; quick 2).
+
+With ``--baseline OTHER`` the dask_lsio readers (crops and two: dask_lsio; stream:
+iter_blocks, scan) also run with the other dask_lsio, as ``NAME@baseline``, in turns with
+the others; "x baseline" compares with them.
 
     python benchmarks/bench_crops.py              # full
     python benchmarks/bench_crops.py --quick      # 128 steps, fewer batches
+    python benchmarks/bench_crops.py --quick --parts crops --baseline ../baseline
 """
 
 from __future__ import annotations
@@ -50,165 +57,33 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_io  # noqa: E402  (cache control, JSON layout, checks)
-import bench_read  # noqa: E402  (the dataset)
+from harness import args as cli
+from harness.cache import drop_caches, preread_files
+from harness.peers import installed
+from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Unavailable,
+                            finish, fmt, print_table, rel, run_meta)
+from harness.results import Result, Run, check_values, lookup, versus_baseline
+from harness.sides import CURRENT, Side, report_sides, resolve_baseline, split_reader, with_twins
+from harness.workers import run_once
+from harness.zarr_data import CHUNK, STEPS, Dataset, make_specs, prepare_datasets, xarray_view
+from crops_tasks import BATCH, CROP, NWP_CROP, locations, run_task
 
-CROP = (8, 64, 64)
-BATCH = 32
-SEED = 0
+SCRIPT = Path(__file__).resolve()
 CROP_READERS = ["dask_lsio", "zarr", "zarrs", "tensorstore", "dask"]
 STREAM_READERS = ["iter_blocks", "zarr-loop", "scan"]
+TWINNED = {"dask_lsio", "iter_blocks", "scan"}  # the readers that are dask_lsio
+PARTS = ["crops", "two", "stream"]
+BATCHES = {"full": 60, "quick": 10, "tiny": 2}  # timed batches per run, per size
 NWP_STEP = 12  # satellite steps per NWP step (5 minutes -> 1 hour)
-NWP_CROP = (2, 32, 32)
+UNITS = {"crops": "crops", "two": "examples", "stream": "bytes"}  # what a row counts
 
 
-# -- worker side -------------------------------------------------------------------------
-
-
-def locations(path: str, batches: int, epoch: int) -> list[np.ndarray]:
-    """The crop starts of every batch, as dask_lsio samples them (the same for all)."""
-    import dask_lsio
-
-    crops = dask_lsio.RandomCrops(path, CROP, BATCH, seed=SEED, length=batches)
-    (name,) = [s.name for s in crops.sources]
-    return [crops.locations(epoch, b)[name] for b in range(batches)]
-
-
-def crop_batches(reader: str, path: str, starts: list[np.ndarray]):
-    """A generator of batches (arrays (32, 8, 64, 64)) for ``reader``."""
-    windows = [[tuple(slice(a, a + n) for a, n in zip(s, CROP)) for s in b.tolist()]
-               for b in starts]
-    if reader == "dask_lsio":
-        import dask_lsio
-
-        crops = dask_lsio.RandomCrops(path, CROP, BATCH, seed=SEED, length=len(starts))
-        crops.locations = lambda e, b: {crops.sources[0].name: starts[b]}  # the given ones
-        return (b[crops.sources[0].name] for b in crops.iter_epoch(0))
-    if reader in ("zarr", "zarrs"):
-        import zarr
-
-        if reader == "zarrs":
-            zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline",
-                             "codec_pipeline.strict": True})
-        z = zarr.open_array(path, mode="r")
-        return (np.stack([z[w] for w in batch]) for batch in windows)
-    if reader == "tensorstore":
-        import tensorstore as ts
-
-        s = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
-                    read=True).result()
-        return (np.stack([f.result() for f in [s[w].read() for w in batch]])
-                for batch in windows)
-    import dask
-    import dask.array as da
-
-    dask.config.set({"scheduler": "threads"})
-    a = da.from_zarr(path)
-    return (da.stack([a[w] for w in batch]).compute() for batch in windows)
-
-
-def run_crops(reader: str, path: str, batches: int) -> dict:
-    """One timed run: ``batches`` batches after untimed ones elsewhere."""
-    warm = locations(path, 1 if reader == "dask" else 3, epoch=99)
-    for b in crop_batches(reader, path, warm):
-        pass
-    if reader == "dask":  # ~20 s a batch on 2 cores: a sixtieth of the batches
-        batches = max(1, batches // 60)
-    starts = locations(path, batches, epoch=0)
-    total = 0.0
-    before = decoded_bytes() if reader == "dask_lsio" else 0.0  # no engine for the others
-    t0 = time.perf_counter()
-    for b in crop_batches(reader, path, starts):
-        total += float(b.sum(dtype=np.float64))
-    out = {"seconds": time.perf_counter() - t0, "sum": total, "work": batches * BATCH}
-    if reader == "dask_lsio":
-        out["decoded"] = decoded_bytes() - before
-    return out
-
-
-def decoded_bytes() -> float:
-    """Bytes dask_lsio's codecs decoded in this process so far (its ``lsio-decoded``)."""
-    import dask_lsio
-
-    return dask_lsio.get_engine().totals.snapshot().get(("lsio-decoded", "bytes"), 0.0)
-
-
-def run_two(path: str, view: str, nwp: str, batches: int) -> dict:
-    """Two aligned sources with dask_lsio: satellite (A's view) and NWP."""
-    import dask_lsio
-
-    sat = dask_lsio.open_zarr(view, consolidated=False)
-    model = dask_lsio.open_zarr(nwp, consolidated=False)
-    crop = {"sat": dict(zip(("time", "y", "x"), CROP)),
-            "nwp": dict(zip(("time", "y", "x"), NWP_CROP))}
-    crops = dask_lsio.RandomCrops({"sat": sat.v, "nwp": model.v}, crop, BATCH, seed=SEED,
-                                  length=batches + 1)
-    it = iter(crops)
-    next(it)  # untimed
-    total = 0.0
-    t0 = time.perf_counter()
-    for b in it:
-        total += float(b["sat"].sum(dtype=np.float64)) + float(b["nwp"].sum(dtype=np.float64))
-    return {"seconds": time.perf_counter() - t0, "sum": total}
-
-
-def run_stream(reader: str, path: str) -> dict:
-    """The whole array along time, each block summed as it arrives. Imports, the engine and
-    (dask_lsio readers) one whole untimed pass come first, so that the timed pass runs in
-    a warm process, as the read benchmark's persistent workers do."""
-    import zarr
-
-    import dask_lsio
-
-    z = zarr.open_array(path, mode="r")
-
-    def one_pass() -> float:  # float32 sums, as the read benchmark's scan
-        if reader == "iter_blocks":
-            return sum(float(b.sum()) for b in dask_lsio.iter_blocks(path))
-        if reader == "scan":
-            return float(dask_lsio.from_zarr(path).sum().compute())
-        return sum(float(z[t].sum()) for t in range(z.shape[0]))
-
-    if reader == "zarr-loop":
-        z[0]
-    else:
-        one_pass()
-    t0 = time.perf_counter()
-    total = one_pass()
-    return {"seconds": time.perf_counter() - t0, "sum": total}
-
-
-def worker_main(task: dict) -> None:
-    """Run one task in this fresh process and print its result as JSON."""
-    kind = task["kind"]
-    if kind == "crops":
-        out = run_crops(task["reader"], task["path"], task["batches"])
-    elif kind == "two":
-        out = run_two(task["path"], task["view"], task["nwp"], task["batches"])
-    else:
-        out = run_stream(task["reader"], task["path"])
-    print(json.dumps(out))
-
-
-# -- parent side -------------------------------------------------------------------------
-
-
-def in_worker(task: dict) -> dict:
-    """Run ``task`` in a new process; a failure becomes {"error": ...}."""
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(task)],
-                          capture_output=True, text=True)
-    if proc.returncode:
-        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"error": tail[:200]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+# -- data --------------------------------------------------------------------------------
 
 
 def nwp_dataset(data_dir: Path, sat_shape: tuple[int, int, int]) -> Path:
@@ -223,39 +98,40 @@ def nwp_dataset(data_dir: Path, sat_shape: tuple[int, int, int]) -> Path:
     rng = np.random.default_rng(1)
     shape = (steps, sat_shape[1] // 2, sat_shape[2] // 2)
     values = (280 + rng.standard_normal(shape, dtype=np.float32)).round(2)
-    ds = xr.Dataset({"v": (("time", "y", "x"), values)}, coords=_coords(shape, 60, 2.0))
+    ds = xr.Dataset({"v": (("time", "y", "x"), values)}, coords=coords(shape, 60, 2.0))
     ds.to_zarr(root, mode="w", consolidated=False, zarr_format=3,
                encoding={"v": {"chunks": (1, 64, 64), "compressors": ZstdCodec(level=3)}})
     (root / "done").write_text("")
     return root
 
 
-def _coords(shape: tuple[int, int, int], minutes: int, km: float) -> dict:
+def coords(shape: tuple[int, int, int], minutes: int, km: float) -> dict:
+    """Time (every ``minutes`` from 2024-06-01), y and x (every ``km``) coordinates."""
     t0 = np.datetime64("2024-06-01T00:00")
     return {"time": t0 + np.arange(shape[0]) * np.timedelta64(minutes, "m"),
             "y": np.arange(shape[1]) * km, "x": np.arange(shape[2]) * km}
 
 
-def satellite_view(ds: bench_read.Dataset, data_dir: Path) -> Path:
-    """A's xarray view (bench_read) with 5-minute times and a 1 km grid as coordinates."""
+def satellite_view(ds: Dataset, data_dir: Path) -> Path:
+    """A's xarray view with 5-minute times and a 1 km grid as coordinates."""
     import zarr
 
-    view = bench_read.xarray_view(ds.root, data_dir / f"crops-sat-{ds.spec.shape[0]}")
+    view = xarray_view(ds.root, data_dir / f"crops-sat-{ds.spec.shape[0]}")
     group = zarr.open_group(str(view), mode="r+")
-    coords = _coords(ds.spec.shape, 5, 1.0)
-    minutes = (coords["time"] - coords["time"][0]) // np.timedelta64(1, "m")
+    c = coords(ds.spec.shape, 5, 1.0)
+    minutes = (c["time"] - c["time"][0]) // np.timedelta64(1, "m")
     group["time"].attrs.update({"units": "minutes since 2024-06-01"})
     group["time"][:] = minutes.astype("int64")
     for dim in ("y", "x"):
-        a = group.create_array(dim, shape=(len(coords[dim]),), dtype="float64",
+        a = group.create_array(dim, shape=(len(c[dim]),), dtype="float64",
                                dimension_names=[dim])
-        a[:] = coords[dim]
+        a[:] = c[dim]
     return view
 
 
 def decoded_per_delivered(starts: list[np.ndarray], dedupe: bool) -> float:
     """Decoded chunk bytes per delivered byte over ``starts``' batches (chunks 1x128x128)."""
-    chunk = np.array(bench_read.CHUNK)
+    chunk = np.array(CHUNK)
     decoded = 0
     for batch in starts:
         cells = []
@@ -267,164 +143,194 @@ def decoded_per_delivered(starts: list[np.ndarray], dedupe: bool) -> float:
         cells = np.concatenate(cells)
         decoded += len(np.unique(cells, axis=0)) if dedupe else len(cells)
     delivered = len(starts) * BATCH * math.prod(CROP)
-    return decoded * math.prod(bench_read.CHUNK) / delivered
+    return decoded * math.prod(CHUNK) / delivered
 
 
-def measured_decoded(rows: list[dict]) -> dict[str, float]:
-    """dask_lsio's decoded bytes per delivered byte, as its warm runs counted them."""
-    for r in rows:
-        if (r["kind"], r["cache"], r["reader"]) == ("crops", "warm", "dask_lsio"):
-            ok = [o for o in r["runs"] if "decoded" in o]
-            if ok:
-                delivered = ok[0]["work"] * math.prod(CROP) * 4
-                return {"dask_lsio": float(np.median([o["decoded"] for o in ok])) / delivered}
-    return {}
+def measured_decoded(outs: dict[tuple[str, str], list[dict]]) -> dict[str, float]:
+    """dask_lsio's decoded bytes per delivered byte (each side's), as its warm runs counted
+    them (``lsio-decoded``)."""
+    amp = {}
+    for (state, reader), runs in outs.items():
+        ok = [o for o in runs if "decoded" in o]
+        if state == "warm" and ok:
+            delivered = ok[0]["work"] * math.prod(CROP) * 4
+            amp[reader] = float(np.median([o["decoded"] for o in ok])) / delivered
+    return amp
 
 
-def timed(kind: str, readers: list[str], args, states: list[str], base: dict,
-          ds: bench_read.Dataset) -> dict[tuple[str, str], list[dict]]:
-    """Every reader of ``kind`` ``--repeats`` times per cache state, in turns."""
+# -- running -----------------------------------------------------------------------------
+
+
+def timed(kind: str, readers: list[str], args: argparse.Namespace, states: list[str],
+          base: dict, ds: Dataset, baseline: Side | None) -> dict[tuple[str, str], list[dict]]:
+    """Every reader of ``kind`` ``--repeats`` times per cache state, in turns, each run in a
+    fresh process (of the baseline's Python for a ``NAME@baseline`` twin)."""
     runs: dict[tuple[str, str], list[dict]] = {}
     for state in states:
         for rep in range(args.repeats):
-            for reader in readers:
+            for label in readers:
                 if state == "warm":
-                    bench_io.preread(ds)
+                    preread_files(ds.paths)
                 else:
-                    bench_io.drop_caches()
-                out = in_worker(base | {"kind": kind, "reader": reader})
-                runs.setdefault((state, reader), []).append(out)
+                    drop_caches()
+                name, side = split_reader(label)
+                out = run_once(SCRIPT, base | {"kind": kind, "reader": name},
+                               baseline if side else CURRENT)
+                runs.setdefault((state, label), []).append(out)
                 shown = out.get("error") or f"{out['seconds']:.3f} s"
-                print(f"  {kind} {state} {reader} run {rep + 1}: {shown}", flush=True)
+                print(f"  {kind} {state} {label} run {rep + 1}: {shown}", flush=True)
             readers = readers[1:] + readers[:1]
     return runs
 
 
-def summarise(runs: dict, kind: str, work: float, unit: str) -> list[dict]:
-    """Medians per (cache, reader): ``work`` units per run (crops, examples or bytes)."""
+def summarise(outs: dict[tuple[str, str], list[dict]], kind: str, work: int,
+              bytes_per_unit: int) -> list[Result]:
+    """One row per (cache, reader): its runs (``work`` units each, ``bytes_per_unit`` bytes
+    per unit delivered); ``value``: their sum, when they did the same work as the others."""
     rows = []
-    for (state, reader), outs in runs.items():
-        ok = [o for o in outs if "error" not in o]
-        row = {"kind": kind, "cache": state, "reader": reader, "runs": outs}
-        if len(ok) == len(outs) and ok:
-            med = float(np.median([o["seconds"] for o in ok]))
-            done = ok[0].get("work", work)
-            row |= {"median_s": med, f"{unit}_per_s": done / med, "work": done}
-            if done == work:  # the same crops as the others: comparable sums
-                row["sum"] = ok[0]["sum"]
+    for (state, reader), runs in outs.items():
+        r = Result(cache=state, workload=kind, reader=reader)
+        failed = [o["error"] for o in runs if "error" in o]
+        if failed:
+            r.error = failed[0]
+        elif not all(math.isclose(o["sum"], runs[0]["sum"], rel_tol=1e-9) for o in runs):
+            r.error = "wrong result: the runs' sums differ"
         else:
-            row["error"] = next(o["error"] for o in outs if "error" in o)
-        rows.append(row)
+            r.runs = [Run(o["seconds"], o["work"] * bytes_per_unit, count=o["work"])
+                      for o in runs]
+            if runs[0]["work"] == work:  # the same crops as the others: comparable sums
+                r.value = runs[0]["sum"]
+            else:
+                r.verified = "its runs' sums agree (fewer batches: not compared)"
+        rows.append(r)
     return rows
 
 
-def check_sums(rows: list[dict], reference: float | None = None, rel: float = 1e-6) -> None:
-    """Readers must agree (crops) or match the data's sum (stream)."""
-    sums = [r["sum"] for r in rows if "sum" in r]
-    want = reference if reference is not None else (sums[0] if sums else None)
-    for r in rows:
-        if "sum" in r and not math.isclose(r["sum"], want, rel_tol=rel):
-            r["error"] = f"wrong result: sum {r['sum']:.8g}, expected {want:.8g}"
-            r.pop("median_s", None)
+# -- reporting ---------------------------------------------------------------------------
 
 
-def rate(rows: list[dict], kind: str, cache: str, reader: str, unit: str) -> float | None:
-    for r in rows:
-        if (r["kind"], r["cache"], r["reader"]) == (kind, cache, reader) and "median_s" in r:
-            return r[f"{unit}_per_s"]
-    return None
-
-
-def print_rows(rows: list[dict], amp: dict[str, float]) -> None:
-    print(f"\n{'work':7} {'cache':5} {'reader':12} {'median s':>9} {'crops/s':>9} "
-          f"{'GB/s':>7} {'decoded/delivered':>18}")
-    crop_bytes = math.prod(CROP) * 4
-    for r in rows:
-        lead = f"{r['kind']:7} {r['cache']:5} {r['reader']:12}"
-        if "median_s" not in r:
-            print(f"{lead} not available: {r.get('error')}")
+def print_results(results: list[Result], amp: dict[str, float], baseline: bool) -> None:
+    width = max([12] + [len(r.reader) for r in results])
+    columns = [Column("work", 7, "<"), Column("cache", 5, "<"), Column("reader", width, "<"),
+               Column("median s", 9), Column("crops/s", 9), Column("GB/s", 7),
+               Column("decoded/delivered", 18)] + ([BASELINE_COLUMN] if baseline else [])
+    rows: list[list[str] | Unavailable] = []
+    for r in results:
+        lead = [r.workload, r.cache, r.reader]
+        if not r.ok:
+            rows.append(Unavailable(lead, r.error or "no runs"))
             continue
-        if r["kind"] == "stream":
-            print(f"{lead} {r['median_s']:9.3f} {'-':>9} {r['bytes_per_s'] / 1e9:7.3f}")
-            continue
-        per_s = r.get("crops_per_s") or r.get("examples_per_s")
-        gbs = per_s * crop_bytes / 1e9
-        ratio = amp.get(r["reader"]) if r["kind"] == "crops" else None
-        print(f"{lead} {r['median_s']:9.3f} {per_s:9,.0f} {gbs:7.3f} "
-              f"{'-' if ratio is None else f'{ratio:.2f}':>18}")
-    print("crops/s: examples/s for 'two' (each example is a satellite and an NWP crop; GB/s "
-          "there counts the satellite crops only); GB/s decimal, of delivered crops (stream: "
-          "of the array)")
+        per_s = "-" if r.workload == "stream" else f"{r.per_s:,.0f}"
+        ratio = amp.get(r.reader) if r.workload == "crops" else None
+        rows.append(lead + [f"{r.median_s:.3f}", per_s, f"{r.gbps:.3f}", fmt(ratio)]
+                    + ([fmt(versus_baseline(results, r))] if baseline else []))
+    legend = ("crops/s: examples/s for 'two' (each example is a satellite and an NWP crop; GB/s "
+              "there counts the satellite crops only); GB/s decimal, of delivered crops (stream: "
+              "of the array)")
+    print()
+    print_table(columns, rows, legend + ("\n" + BASELINE_LEGEND if baseline else ""))
 
 
-def done_when(rows: list[dict]) -> list[bench_io.Check]:
-    def rel(a, b):
-        return a / b if a and b else None
+def done_when(results: list[Result]) -> list[Check]:
+    def rate(kind: str, reader: str) -> float | None:
+        r = lookup(results, reader, cache="warm", workload=kind)
+        return r.per_s if r else None
 
-    ours = rate(rows, "crops", "warm", "dask_lsio", "crops")
-    scan = rate(rows, "stream", "warm", "scan", "bytes")
-    Check = bench_io.Check
+    ours = rate("crops", "dask_lsio")
     return [
         Check("warm crops: dask_lsio / tensorstore (all crops of a batch at once)",
-              rel(ours, rate(rows, "crops", "warm", "tensorstore", "crops")), 1.5),
-        Check("warm crops: dask_lsio / zarr-python loop",
-              rel(ours, rate(rows, "crops", "warm", "zarr", "crops")), 15),
+              rel(ours, rate("crops", "tensorstore")), 1.5),
+        Check("warm crops: dask_lsio / zarr-python loop", rel(ours, rate("crops", "zarr")), 15),
         Check("warm two sources: examples/s / single-source crops/s",
-              rel(rate(rows, "two", "warm", "dask_lsio", "examples"), ours), 0.5),
+              rel(rate("two", "dask_lsio"), ours), 0.5),
         Check("warm ordered streaming: iter_blocks / full scan",
-              rel(rate(rows, "stream", "warm", "iter_blocks", "bytes"), scan), 0.8),
+              rel(rate("stream", "iter_blocks"), rate("stream", "scan")), 0.8),
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="128 steps, 10 batches, 2 repeats")
-    p.add_argument("--repeats", type=int, default=None)
+def json_rows(results: list[Result], outs: dict, baseline: bool) -> list[dict]:
+    """Each row's runs as its workers reported them, its medians and what was checked."""
+    rows = []
+    for r in results:
+        row = {"kind": r.workload, "cache": r.cache, "reader": r.reader, "verified": r.verified,
+               "runs": outs[r.workload][(r.cache, r.reader)]}
+        if not r.ok:
+            rows.append(row | {"error": r.error or "no runs"})
+            continue
+        row |= {"median_s": r.median_s, f"{UNITS[r.workload]}_per_s": r.per_s,
+                "work": r.runs[0].count}
+        if r.value is not None:
+            row["sum"] = r.value
+        rows.append(row | ({"ratio_baseline": versus_baseline(results, r)} if baseline else {}))
+    return rows
+
+
+# -- main --------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = cli.parser(__doc__, "crops", quick="128 steps, 10 batches, 2 repeats",
+                   tiny="16 steps, 2 batches, 1 repeat")
     p.add_argument("--batches", type=int, default=None, help="timed batches per run (60)")
-    p.add_argument("--readers", default=",".join(CROP_READERS))
-    p.add_argument("--parts", default="crops,two,stream", help="which workloads to run")
-    p.add_argument("--no-cold", dest="cold", action="store_false", help="warm runs only")
-    p.add_argument("--data-dir", type=Path, default=bench_read.REPO / "benchmarks" / "data")
-    p.add_argument("--json", type=Path,
-                   default=bench_read.REPO / "bench-results" / "bench_crops.json")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    p.add_argument("--readers", default=",".join(CROP_READERS), help="crops readers")
+    p.add_argument("--parts", default=",".join(PARTS), help="which workloads to run")
+    args = cli.parse(p, argv)
+    args.batches = args.batches or BATCHES[args.size]
+    args.readers = cli.name_list(p, args.readers, CROP_READERS, "--readers")
+    args.parts = cli.name_list(p, args.parts, PARTS, "--parts")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.worker:
-        return worker_main(json.loads(args.worker))
-    args.repeats = args.repeats or (2 if args.quick else 5)
-    args.batches = args.batches or (10 if args.quick else 60)
-    parts = args.parts.split(",")
-    ds, = bench_read.prepare_datasets([bench_read.make_specs(args.quick)["A"]], args.data_dir)
+        print(json.dumps(run_task(json.loads(args.worker))))
+        return
+    started = time.perf_counter()
+    skipped: dict[str, str] = {}
+    readers = installed(args.readers, skipped)
+    baseline = resolve_baseline(args.baseline) if args.baseline else None
+    ds, = prepare_datasets([make_specs(STEPS[args.size])["A"]], args.data_dir)
     path = str(ds.root)
-    states = ["warm"] + (["cold"] if args.cold and bench_io.can_drop_caches() else [])
+    states = cli.cache_states(args)
     base = {"path": path, "batches": args.batches}
-    rows: list[dict] = []
+    crop_bytes = math.prod(CROP) * 4
+    results: list[Result] = []
+    outs: dict[str, dict] = {}
     amp: dict[str, float] = {}
-    if "crops" in parts:
-        readers = [r for r in args.readers.split(",") if r]
-        crop_rows = summarise(timed("crops", readers, args, states, base, ds), "crops",
-                              args.batches * BATCH, "crops")
-        check_sums(crop_rows)
-        rows += crop_rows
+    if "crops" in args.parts:
+        labels = with_twins(readers, TWINNED, baseline)
+        outs["crops"] = timed("crops", labels, args, states, base, ds, baseline)
+        rows = summarise(outs["crops"], "crops", args.batches * BATCH, crop_bytes)
+        check_values(rows, None, 1e-6, "the crops' sum agrees with the other readers'")
+        results += rows
         starts = locations(path, args.batches, 0)
-        amp = {r: decoded_per_delivered(starts, dedupe=r in ("dask_lsio", "dask"))
-               for r in readers}
-        amp |= measured_decoded(crop_rows)
-    if "two" in parts:
+        amp = {r: decoded_per_delivered(starts, dedupe=split_reader(r)[0] in ("dask_lsio", "dask"))
+               for r in labels}
+        amp |= measured_decoded(outs["crops"])
+    if "two" in args.parts:
         view = satellite_view(ds, args.data_dir)
         nwp = nwp_dataset(args.data_dir, ds.spec.shape)
-        two = timed("two", ["dask_lsio"], args, ["warm"], base | {"view": str(view),
-                                                                  "nwp": str(nwp)}, ds)
-        rows += summarise(two, "two", args.batches * BATCH, "examples")
-    if "stream" in parts:
-        stream = timed("stream", list(STREAM_READERS), args, ["warm"], base, ds)
-        stream_rows = summarise(stream, "stream", ds.spec.nbytes, "bytes")
-        check_sums(stream_rows, ds.total_sum, rel=1e-4)  # float32 sums, as bench_read
-        rows += stream_rows
-    print_rows(rows, amp)
-    meta = bench_io.run_meta(args) | {"crop": CROP, "batch": BATCH, "nwp_crop": NWP_CROP,
+        task = base | {"view": str(view), "nwp": str(nwp)}
+        outs["two"] = timed("two", with_twins(["dask_lsio"], TWINNED, baseline), args, ["warm"],
+                            task, ds, baseline)
+        rows = summarise(outs["two"], "two", args.batches * BATCH, crop_bytes)
+        check_values(rows, None, 1e-6,
+                     "the examples' sum: the same in every run (and with the baseline)")
+        results += rows
+    if "stream" in args.parts:
+        outs["stream"] = timed("stream", with_twins(STREAM_READERS, TWINNED, baseline), args,
+                               ["warm"], base, ds, baseline)
+        rows = summarise(outs["stream"], "stream", ds.spec.nbytes, 1)
+        # float32 sums, as bench_read
+        check_values(rows, ds.total_sum, 1e-4, "the sum against the data's")
+        results += rows
+    print_results(results, amp, baseline is not None)
+    meta = run_meta(args, skipped) | {"crop": CROP, "batch": BATCH, "nwp_crop": NWP_CROP,
                                       "decoded_per_delivered": amp}
-    bench_io.finish(args.json, meta, rows, done_when(rows))
+    meta |= report_sides(baseline)
+    finish(args, meta, json_rows(results, outs, baseline is not None), done_when(results),
+           started)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""The crops benchmark's timed tasks (``bench_crops.py``), each run in a fresh process.
+
+``bench_crops.py --worker TASK`` runs one task (a JSON dict: kind, reader, path ...) with
+:func:`run_task` and prints its result as JSON: the seconds, the sum of what it delivered and
+how much work that was. With ``--baseline`` the same task runs in a process importing the
+other dask_lsio.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+import numpy as np
+
+CROP = (8, 64, 64)
+BATCH = 32
+SEED = 0
+NWP_CROP = (2, 32, 32)
+
+
+def locations(path: str, batches: int, epoch: int) -> list[np.ndarray]:
+    """The crop starts of every batch, as dask_lsio samples them (the same for all)."""
+    import dask_lsio
+
+    crops = dask_lsio.RandomCrops(path, CROP, BATCH, seed=SEED, length=batches)
+    (name,) = [s.name for s in crops.sources]
+    return [crops.locations(epoch, b)[name] for b in range(batches)]
+
+
+def crop_batches(reader: str, path: str, starts: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """A generator of batches (arrays (32, 8, 64, 64)) for ``reader``."""
+    windows = [[tuple(slice(a, a + n) for a, n in zip(s, CROP)) for s in b.tolist()]
+               for b in starts]
+    if reader == "dask_lsio":
+        import dask_lsio
+
+        crops = dask_lsio.RandomCrops(path, CROP, BATCH, seed=SEED, length=len(starts))
+        crops.locations = lambda e, b: {crops.sources[0].name: starts[b]}  # the given ones
+        return (b[crops.sources[0].name] for b in crops.iter_epoch(0))
+    if reader in ("zarr", "zarrs"):
+        import zarr
+
+        if reader == "zarrs":
+            zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline",
+                             "codec_pipeline.strict": True})
+        z = zarr.open_array(path, mode="r")
+        return (np.stack([z[w] for w in batch]) for batch in windows)
+    if reader == "tensorstore":
+        import tensorstore as ts
+
+        s = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
+                    read=True).result()
+        return (np.stack([f.result() for f in [s[w].read() for w in batch]])
+                for batch in windows)
+    import dask
+    import dask.array as da
+
+    dask.config.set({"scheduler": "threads"})
+    a = da.from_zarr(path)
+    return (da.stack([a[w] for w in batch]).compute() for batch in windows)
+
+
+def run_crops(reader: str, path: str, batches: int) -> dict:
+    """One timed run: ``batches`` batches after untimed ones elsewhere."""
+    warm = locations(path, 1 if reader == "dask" else 3, epoch=99)
+    for b in crop_batches(reader, path, warm):
+        pass
+    if reader == "dask":  # ~20 s a batch on 2 cores: a sixtieth of the batches
+        batches = max(1, batches // 60)
+    starts = locations(path, batches, epoch=0)
+    total = 0.0
+    before = decoded_bytes() if reader == "dask_lsio" else 0.0  # no engine for the others
+    t0 = time.perf_counter()
+    for b in crop_batches(reader, path, starts):
+        total += float(b.sum(dtype=np.float64))
+    out = {"seconds": time.perf_counter() - t0, "sum": total, "work": batches * BATCH}
+    if reader == "dask_lsio":
+        out["decoded"] = decoded_bytes() - before
+    return out
+
+
+def decoded_bytes() -> float:
+    """Bytes dask_lsio's codecs decoded in this process so far (its ``lsio-decoded``)."""
+    import dask_lsio
+
+    return dask_lsio.get_engine().totals.snapshot().get(("lsio-decoded", "bytes"), 0.0)
+
+
+def run_two(path: str, view: str, nwp: str, batches: int) -> dict:
+    """Two aligned sources with dask_lsio: satellite (A's view) and NWP."""
+    import dask_lsio
+
+    sat = dask_lsio.open_zarr(view, consolidated=False)
+    model = dask_lsio.open_zarr(nwp, consolidated=False)
+    crop = {"sat": dict(zip(("time", "y", "x"), CROP)),
+            "nwp": dict(zip(("time", "y", "x"), NWP_CROP))}
+    crops = dask_lsio.RandomCrops({"sat": sat.v, "nwp": model.v}, crop, BATCH, seed=SEED,
+                                  length=batches + 1)
+    it = iter(crops)
+    next(it)  # untimed
+    total = 0.0
+    t0 = time.perf_counter()
+    for b in it:
+        total += float(b["sat"].sum(dtype=np.float64)) + float(b["nwp"].sum(dtype=np.float64))
+    return {"seconds": time.perf_counter() - t0, "sum": total, "work": batches * BATCH}
+
+
+def run_stream(reader: str, path: str) -> dict:
+    """The whole array along time, each block summed as it arrives. Imports, the engine and
+    (dask_lsio readers) one whole untimed pass come first, so that the timed pass runs in
+    a warm process, as the read benchmark's persistent workers do."""
+    import zarr
+
+    import dask_lsio
+
+    z = zarr.open_array(path, mode="r")
+
+    def one_pass() -> float:  # float32 sums, as the read benchmark's scan
+        if reader == "iter_blocks":
+            return sum(float(b.sum()) for b in dask_lsio.iter_blocks(path))
+        if reader == "scan":
+            return float(dask_lsio.from_zarr(path).sum().compute())
+        return sum(float(z[t].sum()) for t in range(z.shape[0]))
+
+    if reader == "zarr-loop":
+        z[0]
+    else:
+        one_pass()
+    t0 = time.perf_counter()
+    total = one_pass()
+    return {"seconds": time.perf_counter() - t0, "sum": total, "work": z.nbytes}
+
+
+def run_task(task: dict[str, Any]) -> dict:
+    """Run one task in this fresh process."""
+    kind = task["kind"]
+    if kind == "crops":
+        return run_crops(task["reader"], task["path"], task["batches"])
+    if kind == "two":
+        return run_two(task["path"], task["view"], task["nwp"], task["batches"])
+    return run_stream(task["reader"], task["path"])

@@ -1,0 +1,23 @@
+"""The benchmarks' shared harness: what every ``benchmarks/bench_*.py`` script uses.
+
+A benchmark script says what it measures (its readers or writers, workloads, checks); the
+harness does the rest the same way for all of them:
+
+``args``       the common command line (``--quick``, ``--tiny``, ``--repeats``, ``--no-cold``,
+               ``--data-dir``, ``--json``, ``--baseline``), the cache states, reader lists
+``cache``      dropping the page cache (root only) and pre-reading datasets
+``sides``      which dask_lsio a worker imports: this checkout's, or a baseline checkout's
+               (``--baseline``), and the ``reader@baseline`` names of its twins
+``workers``    worker processes: persistent ones served over a pipe, and one-shot runs
+``memory``     a worker's peak RSS per run; warming the memory a run will allocate
+``peers``      which optional peers (zarrs, tensorstore, fio) are installed, and notes on
+               those that are not
+``results``    ``Run`` and ``Result`` records, lookups and ratios between rows
+``report``     tables, the "done when" ``Check`` lines, run metadata, the JSON file
+``chart``      the bar chart saved beside the JSON
+``fio``        fio over a set of files: the IO ceiling of the IO and read benchmarks
+``zarr_data``  the Zarr datasets A, B, C that the read, crops, cluster and write benchmarks use
+
+The scripts run as ``python benchmarks/bench_NAME.py``, so this package is importable as
+``harness`` (the script's folder is first on ``sys.path``).
+"""

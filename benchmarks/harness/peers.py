@@ -1,0 +1,36 @@
+"""Optional peers: the bench extra's packages and fio. A benchmark skips the rows of a
+peer that is not installed, with a note, rather than failing."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+# peer -> how it is found: a Python module, or a program on PATH
+MODULES = {"zarrs": "zarrs", "tensorstore": "tensorstore"}
+PROGRAMS = {"fio": "fio"}
+HOW = {"zarrs": "pip install -e '.[bench]'", "tensorstore": "pip install -e '.[bench]'",
+       "fio": "apt-get install fio"}
+
+
+def missing(peer: str) -> str:
+    """Why ``peer`` cannot run here ("" if it can, or if it is not an optional peer)."""
+    if peer in MODULES and importlib.util.find_spec(MODULES[peer]) is None:
+        return f"{peer} is not installed ({HOW[peer]})"
+    if peer in PROGRAMS and shutil.which(PROGRAMS[peer]) is None:
+        return f"{peer} not found on PATH ({HOW[peer]})"
+    return ""
+
+
+def installed(names: list[str], skipped: dict[str, str]) -> list[str]:
+    """``names`` without the peers that are not installed; each of those is noted (printed,
+    and recorded in ``skipped`` for the JSON file)."""
+    out = []
+    for name in names:
+        why = missing(name)
+        if why:
+            print(f"note: {why}: its rows are skipped")
+            skipped[name] = why
+        else:
+            out.append(name)
+    return out

@@ -1,0 +1,219 @@
+"""The benchmarks in their ``--tiny`` mode (smaller than ``--quick``): each runs, reports the
+rows it should, checked its readers' results, and saves its JSON file and chart. Never their
+speed: on a shared 2-core machine the numbers of a 16-step array mean nothing.
+
+Each benchmark runs as a user runs it (``python benchmarks/bench_NAME.py``), warm only (no
+page cache drops from a test suite), in a temporary data folder shared by the tests (the
+Zarr datasets are generated once). The optional peers (zarrs, tensorstore, fio) are expected
+where installed and noted as skipped where not; one test hides them to check the latter.
+``--baseline`` is tested with this checkout as its own baseline.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+PNG = b"\x89PNG\r\n\x1a\n"
+INSTALLED = {
+    "zarrs": importlib.util.find_spec("zarrs") is not None,
+    "tensorstore": importlib.util.find_spec("tensorstore") is not None,
+    "fio": shutil.which("fio") is not None,
+}
+pytest.importorskip("xarray")  # the read benchmark's xsum, the crops benchmark's sources
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """One data folder for all: the read, crops and cluster benchmarks share dataset A."""
+    return tmp_path_factory.mktemp("bench-data")
+
+
+def need_uring() -> None:
+    """The IO benchmark times the io_uring engine: skip where it cannot run (fail where it
+    must, LSIO_REQUIRE_URING=1, as conftest does)."""
+    from dask_lsio.io import uring_status
+
+    st = uring_status()
+    if not st.available:
+        if os.environ.get("LSIO_REQUIRE_URING") == "1":
+            pytest.fail(f"io_uring is required here but unavailable: {st.reason}")
+        pytest.skip(f"io_uring unavailable: {st.reason}")
+
+
+def bench(name: str, out: Path, data_dir: Path, *args: str,
+          env: dict | None = None) -> tuple[dict, str]:
+    """Run ``bench_NAME.py --tiny --no-cold`` and return its JSON file and its stdout, after
+    checking that it succeeded and saved its chart."""
+    path = out / f"bench_{name}.json"
+    cmd = [sys.executable, str(BENCH / f"bench_{name}.py"), "--tiny", "--no-cold",
+           "--data-dir", str(data_dir), "--json", str(path), *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=540,
+                          env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert path.with_suffix(".png").read_bytes().startswith(PNG)
+    report = json.loads(path.read_text())
+    assert "done when:" in proc.stdout
+    assert report["checks"] and {c["status"] for c in report["checks"]} <= {
+        "PASS", "FAIL", "SKIP"}  # whether targets are met is not the test's business
+    return report, proc.stdout
+
+
+def rows_ok(report: dict, reader: str = "reader") -> dict[tuple, dict]:
+    """Every row succeeded and says what its results were checked against; by (case,
+    reader)."""
+    out = {}
+    for r in report["results"]:
+        assert not r.get("error"), r
+        assert r["verified"], r
+        case = tuple(r[k] for k in ("dataset", "layout", "kind", "cache", "workload") if k in r)
+        out[(*case, r.get(reader))] = r
+    return out
+
+
+def peers(names: list[str], report: dict) -> list[str]:
+    """``names`` without the peers that are not installed, which the benchmark must have
+    noted as skipped."""
+    for name in names:
+        if name in INSTALLED and not INSTALLED[name]:
+            assert name in report["meta"]["skipped"]
+    return [n for n in names if INSTALLED.get(n, True)]
+
+
+def test_io(tmp_path, data_dir):
+    need_uring()
+    report, stdout = bench("io", tmp_path, data_dir)
+    rows = rows_ok(report)
+    readers = peers(["io_uring", "io_uring-direct", "threads", "python", "python-discard",
+                     "fio"], report)
+    assert set(rows) == {(d, "warm", r) for d in "ab" for r in readers}
+    for d, n_files in (("a", 256), ("b", 512)):  # every reader delivered every file
+        got = {r: rows[(d, "warm", r)] for r in readers}
+        assert {row["files"] for row in got.values()} == {n_files}
+        delivered = {row["bytes"] for r, row in got.items() if r != "fio"}
+        assert len(delivered) == 1  # the same bytes, each reader's checked against the files
+        assert all(row["median_s"] > 0 and len(row["seconds"]) == 1 for row in got.values())
+    assert "x python" in stdout and "x baseline" not in stdout
+
+
+def test_read(tmp_path, data_dir):
+    report, stdout = bench("read", tmp_path, data_dir)
+    rows = rows_ok(report)
+    expected = set()
+    for d in "ABC":
+        compressed = d != "C"
+        for reader in peers(["dask_lsio", "dask", "zarr", "zarrs", "tensorstore"], report):
+            expected |= {(d, "warm", "scan", reader), (d, "warm", "select", reader)}
+        expected |= {(d, "warm", "scan", r) for r in peers(["fio"], report)}
+        if compressed:
+            expected.add((d, "warm", "scan", "decode-only"))
+            for reader in peers(["zarr", "zarrs", "lsio-pipeline", "tensorstore"], report):
+                expected.add((d, "warm", "array", reader))
+            for reader in peers(["zarr", "zarrs", "lsio-pipeline"], report):
+                expected.add((d, "warm", "array-out", reader))
+            for reader in peers(["dask_lsio", "zarr", "zarrs", "lsio-pipeline"], report):
+                expected.add((d, "warm", "xsum", reader))
+    assert set(rows) == expected
+    for key, row in rows.items():
+        assert len(row["runs"]) == 1 and row["median_s"] > 0
+        if key[2] == "scan" and key[3] not in ("fio", "decode-only"):
+            assert row["bytes"] == 16 * 512 * 512 * 4  # the whole array, its sum checked
+        if key[2] == "select":
+            assert row["bytes"] == 40 * 64 * 64 * 4  # 40 windows, each sum checked
+    assert report["meta"]["selections"] == 40
+
+
+def test_crops(tmp_path, data_dir):
+    # dask's reader is left out: its one batch of 32 crops is an 80,000-task graph (~20 s)
+    report, stdout = bench("crops", tmp_path, data_dir,
+                           "--readers", "dask_lsio,zarr,zarrs,tensorstore")
+    rows = rows_ok(report)
+    readers = peers(["dask_lsio", "zarr", "zarrs", "tensorstore"], report)
+    assert set(rows) == ({("crops", "warm", r) for r in readers}
+                         | {("two", "warm", "dask_lsio")}
+                         | {("stream", "warm", r) for r in ("iter_blocks", "zarr-loop", "scan")})
+    crops = [rows[("crops", "warm", r)] for r in readers]
+    assert len({row["sum"] for row in crops}) == 1  # every reader delivered the same crops
+    assert {row["work"] for row in crops} == {2 * 32}  # 2 batches of 32
+
+
+def test_write(tmp_path, data_dir):
+    report, stdout = bench("write", tmp_path, data_dir)
+    rows = rows_ok(report, reader="writer")
+    writers = peers(["dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "encode-only",
+                     "plain-write", "engine-write"], report)
+    assert set(rows) == {(layout, w) for layout in "AB" for w in writers}
+    assert all(r["bytes"] == 16 * 512 * 512 * 4 and r["median_s"] > 0 for r in rows.values())
+    assert not any((data_dir / "write-out").iterdir())  # the written arrays are deleted
+
+
+def test_cluster(tmp_path, data_dir):
+    pytest.importorskip("distributed")
+    report, stdout = bench("cluster", tmp_path, data_dir)
+    rows = rows_ok(report)
+    assert set(rows) == {("warm", r) for r in ("dask_lsio", "dask", "dask-coarse")}
+    assert rows[("warm", "dask")]["x_dask"] == pytest.approx(1.0)
+
+
+# One run per benchmark with this checkout as its own baseline, on a few readers: the twins
+# run in workers importing the baseline's dask_lsio, in the same run, and get a ratio.
+BASELINE_RUNS = {
+    "io": (["--only", "b"], [("b", "warm", r) for r in ("io_uring", "io_uring-direct",
+                                                        "threads")]),
+    "read": (["--only", "A", "--readers", "dask_lsio,lsio-pipeline", "--workloads", "scan,array"],
+             [("A", "warm", "scan", "dask_lsio"), ("A", "warm", "array", "lsio-pipeline")]),
+    "crops": (["--parts", "crops", "--readers", "dask_lsio"], [("crops", "warm", "dask_lsio")]),
+    "write": (["--only", "A", "--writers", "dask_lsio,engine-write"],
+              [("A", "dask_lsio"), ("A", "engine-write")]),
+    "cluster": (["--readers", "dask_lsio"], [("warm", "dask_lsio")]),
+}
+
+
+@pytest.mark.parametrize("name", list(BASELINE_RUNS))
+def test_baseline_is_a_reader_of_the_same_run(name, tmp_path, data_dir):
+    if name == "io":
+        need_uring()
+    if name == "cluster":
+        pytest.importorskip("distributed")
+    args, twinned = BASELINE_RUNS[name]
+    report, stdout = bench(name, tmp_path, data_dir, *args, "--baseline", str(REPO))
+    rows = rows_ok(report, reader="writer" if name == "write" else "reader")
+    for key in twinned:
+        twin = (*key[:-1], f"{key[-1]}@baseline")
+        assert twin in rows  # measured, and its results checked, like the reader itself
+        ratio = rows[key]["ratio_baseline"]
+        assert ratio is not None and ratio > 0
+        assert rows[twin]["ratio_baseline"] is None
+    untwinned = [k for k in rows if "@" not in k[-1] and k not in twinned]
+    assert all(rows[k]["ratio_baseline"] is None for k in untwinned)
+    sides = report["meta"]
+    assert Path(sides["baseline"]["file"]).resolve().is_relative_to(REPO)
+    assert sides["baseline"]["pythonpath"] == str(REPO)
+    assert sides["current"]["version"] == sides["baseline"]["version"]
+    assert "x baseline" in stdout and "dask_lsio:\n  current " in stdout
+
+
+def test_missing_peers_are_skipped_with_a_note(tmp_path, data_dir):
+    # tensorstore made unimportable (None in sys.modules: find_spec returns None and import
+    # fails, as for a package that is not installed) and fio off PATH. (zarrs cannot be
+    # hidden this way: zarr loads its codec pipeline entry point, which would then fail.)
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['tensorstore'] = None\n")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+        [str(hide), *filter(None, [os.environ.get("PYTHONPATH")])]), "PATH": str(hide)}
+    report, stdout = bench("read", tmp_path, data_dir, "--only", "A", "--workloads", "scan",
+                           "--readers", "dask_lsio,tensorstore,fio", env=env)
+    assert set(rows_ok(report)) == {("A", "warm", "scan", "dask_lsio")}
+    assert set(report["meta"]["skipped"]) == {"tensorstore", "fio"}
+    assert "note: tensorstore is not installed" in stdout
+    assert "note: fio not found on PATH" in stdout
