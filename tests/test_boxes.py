@@ -228,9 +228,9 @@ def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage, partial
 
 
 def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
-    """``lsio-decoded``: a whole read decodes every chunk; so does a crop, unless
-    lsio.partial-decode is on: then a crop of a chunk's first rows decodes the prefix of each
-    byte plane only, one of its last rows the whole chunk."""
+    """``lsio-decoded``: a whole read decodes every chunk; so does a crop with
+    lsio.partial-decode off; on (the default), a crop of a chunk's first rows decodes the
+    prefix of each byte plane only, one of its last rows the whole chunk."""
     values = _blosc_values((2, 128, 128), "float32", np.random.default_rng(5))
     z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 128, 128),
                           dtype="float32", compressors=BloscCodec(cname="lz4"))
@@ -246,9 +246,12 @@ def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
 
     assert decoded(lambda: read_region(spec, (slice(0, 2), slice(0, 128), slice(0, 128)),
                                        engine)) == values.nbytes
-    # by default chunks are decoded whole (corruption anywhere in them is found)
-    assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \
-        128 * 128 * 4
+    with dask.config.set({"lsio.partial-decode": False}):  # whole: damage anywhere is found
+        assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \
+            128 * 128 * 4
+    # a region's chunks are decoded whole whatever the setting
+    assert decoded(lambda: read_region(spec, (slice(0, 1), slice(0, 16), slice(0, 16)),
+                                       engine)) == 128 * 128 * 4
     with dask.config.set({"lsio.partial-decode": True}):
         # rows 0-15, columns 0-15: elements up to 15 * 128 + 16 of each of the 4 byte planes
         assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \

@@ -62,21 +62,32 @@ def groups(spans: list[tuple[int, int]], threads: int) -> list[tuple[int, int]]:
 
 
 def run_groups(executor: Executor, parts: list[tuple[int, int]],
-               run_one: Callable[[int, int], None]) -> None:
-    """Run ``run_one(lo, hi)`` for every group on ``executor``; raise the first exception
-    once every group finished (no group may outlive the batch's memory)."""
+               run_one: Callable[[int, int], None], workers: int | None = None) -> None:
+    """Run ``run_one(lo, hi)`` for every group on ``executor``, at most ``workers`` groups at
+    once (default: as many as the executor runs); raise the first exception once every
+    group finished (no group may outlive the batch's memory)."""
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for part in parts:
+        todo.put(part)
     done: queue.SimpleQueue = queue.SimpleQueue()
 
-    def run(lo: int, hi: int) -> None:
-        try:
-            run_one(lo, hi)
-        except BaseException as e:  # a bug, not an IO failure: re-raised by the caller
-            done.put(e)
-        else:
-            done.put(None)
+    def work() -> None:  # groups one after the other, until none is left
+        error = None
+        while error is None:
+            try:
+                lo, hi = todo.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                run_one(lo, hi)
+            except BaseException as e:  # a bug, not an IO failure: re-raised by the caller
+                error = e
+        done.put(error)
 
-    futures = [executor.submit(run, lo, hi) for lo, hi in parts]
-    errors = [e for e in (done.get() for _ in futures) if e is not None]
+    n = len(parts) if workers is None else max(1, min(workers, len(parts)))
+    for _ in range(n):
+        executor.submit(work)
+    errors = [e for e in (done.get() for _ in range(n)) if e is not None]
     if errors:
         raise errors[0]
 

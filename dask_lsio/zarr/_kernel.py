@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import config, metrics
+from .. import metrics
 from ..build import warn_missing
 from ..errors import ChunkDecodeError
 from ..io import hooks
@@ -87,12 +87,11 @@ def run_many(jobs: list[Run], parts: int) -> list[dict[int, OSError]]:
         spans += [(int(base[k] + lo), int(base[k] + hi))
                   for lo, hi in hooks.spans(len(j.plan.keys), _parts(j.plan, j.spec.codec, parts))]
     made: list[Any] = []
-    partial = bool(config.get("partial-decode"))
 
     def make_ctx(lo: int) -> int:
         k = int(np.searchsorted(base, lo, side="right") - 1)
         made.append(_plan(keep[k], jobs[k].out, jobs[k].spec.codec, codes[k], lo - int(base[k]),
-                          partial))
+                          jobs[k].partial))
         return int(ffi.cast("uintptr_t", made[-1][0]))
 
     hook = hooks.ReadHook(_hook(), make_ctx, _call, max(j.plan.hint for j in jobs) or 1)

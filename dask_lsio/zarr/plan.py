@@ -79,13 +79,15 @@ class Plan:
 
 @dataclass(frozen=True)
 class Run:
-    """A plan bound to where it runs: the array's spec, the output it places into and the
-    store it reads from (the array's, or a reader of the versions held for it)."""
+    """A plan bound to where it runs: the array's spec, the output it places into, the
+    store it reads from (the array's, or a reader of the versions held for it), and whether
+    the kernel may decode blosc chunks in part (crops: ``lsio.partial-decode``)."""
 
     spec: ArraySpec
     plan: Plan
     out: np.ndarray
     store: Store
+    partial: bool = False
 
 
 def box_cells(cell: tuple[int, ...], limit: tuple[int, ...], starts: np.ndarray,

@@ -54,7 +54,7 @@ def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | Non
         return out
     if not spec.shape:  # 0-d: one box of shape () over the array's one object
         _read_boxes([BoxRead(spec, np.zeros((1, 0), np.int64), ())], engine, threads,
-                    [out.reshape(1)])
+                    [out.reshape(1)], partial=False)
         return out
     indexes = shared_cache(spec) if spec.shard else None
     # a bounded number of shards held at once: large sharded regions are read in pieces
@@ -65,8 +65,9 @@ def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | Non
         contiguous = target.flags.c_contiguous  # pieces split along the first axes: views
         box = target if contiguous else np.empty_like(target)
         starts = np.array([[p.start for p in piece]], np.int64)
+        # a region's chunks are decoded whole: refused exactly where zarr-python refuses
         _read_boxes([BoxRead(spec, starts, box.shape, None, indexes)], engine, threads,
-                    [box.reshape((1,) + box.shape)])
+                    [box.reshape((1,) + box.shape)], partial=False)
         if not contiguous:
             target[...] = box
     return out
@@ -132,11 +133,12 @@ def read_boxes_many(reads: list[BoxRead], engine: Engine | None = None,
         if not r.spec.shape:
             raise ValueError(f"boxes of a 0-d array ({r.spec.root}) are the array itself: "
                              "read it")
-    return _read_boxes(reads, engine, threads, outs or [None] * len(reads))
+    return _read_boxes(reads, engine, threads, outs or [None] * len(reads),
+                       bool(config.get("partial-decode")))
 
 
 def _read_boxes(reads: list[BoxRead], engine: Engine | None, threads: int | None,
-                outs: list) -> list[np.ndarray]:
+                outs: list, partial: bool) -> list[np.ndarray]:
     if not reads:
         return []
     results, plans = [], []
@@ -145,7 +147,7 @@ def _read_boxes(reads: list[BoxRead], engine: Engine | None, threads: int | None
     with metrics.timed(stores[0].totals, "lsio-read"), contextlib.ExitStack() as holds:
         for r, out, store in zip(reads, outs, stores):
             out, plan = _prepare(r.spec, r.starts, tuple(int(n) for n in r.shape), out, r.pad,
-                                 store, r.indexes, holds)
+                                 store, r.indexes, holds, partial)
             results.append(out)
             if plan is not None:
                 plans.append(plan)
@@ -156,7 +158,7 @@ def _read_boxes(reads: list[BoxRead], engine: Engine | None, threads: int | None
 
 def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarray | None,
              pad: Any, store: Store, indexes: IndexCache | None,
-             holds: contextlib.ExitStack) -> tuple[np.ndarray, planner.Run | None]:
+             holds: contextlib.ExitStack, partial: bool) -> tuple[np.ndarray, planner.Run | None]:
     """The output (padded where boxes leave the array) and what the executor runs (None:
     nothing to read)."""
     starts = np.asarray(starts, np.int64)
@@ -174,7 +176,7 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
     if cells is None:
         return out, None
     if spec.shard is None:
-        return out, planner.Run(spec, planner.chunk_plan(spec, cells), stacked, store)
+        return out, planner.Run(spec, planner.chunk_plan(spec, cells), stacked, store, partial)
     reader = [store]
 
     def lookup(shards: np.ndarray, keys: list[str]) -> list:
@@ -188,7 +190,7 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
     plan, absent = planner.shard_plan(spec, cells, lookup, config.get_bytes("coalesce-gap"),
                                       config.get_bytes("coalesce-max"))
     fill_boxes(spec, stacked, absent.dst, absent.count)
-    return out, None if plan is None else planner.Run(spec, plan, stacked, reader[0])
+    return out, None if plan is None else planner.Run(spec, plan, stacked, reader[0], partial)
 
 
 def _pad_outside(spec: ArraySpec, starts: np.ndarray, shape: tuple[int, ...], out: np.ndarray,
