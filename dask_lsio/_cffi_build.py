@@ -152,7 +152,7 @@ TARGETS = {
         probe="int main(void){struct io_uring r; return io_uring_queue_init(1,&r,0) < 0;}\n",
         versions="liburing IO_URING_VERSION_MAJOR . IO_URING_VERSION_MINOR\n",
         headers=["liburing.h"],
-        more=[_IO / "_posix.c"],
+        more=[_IO / "_uring_ops.c", _IO / "_uring_batch.c", _IO / "_posix.c"],
     ),
     "kernel": Target(
         module="dask_lsio.zarr._kernel_ext",

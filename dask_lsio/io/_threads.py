@@ -175,7 +175,7 @@ def _view(batch: _batch.Batch, i: int, whole: memoryview | None) -> memoryview |
 
 
 def _read_one(batch: _batch.Batch, i: int, view: memoryview, fsync: bool) -> None:
-    """Read request ``i`` into ``view``, as _uring.c's state machine does."""
+    """Read request ``i`` into ``view``, as _uring_ops.c's state machine does."""
     stage = ST_OPEN
     try:
         direct = batch.direct

@@ -1,4 +1,5 @@
-/* dask-lsio io_uring core: the declarations shared by _uring.c and the cffi cdef.
+/* dask-lsio io_uring core: the declarations shared by its C files (_uring*.c, _posix.c) and
+ * the cffi cdef. What only the C files share is in _uring_internal.h.
  *
  * One ring belongs to one thread (SINGLE_ISSUER). A batch is an array of lsio_req filled by
  * Python in one call (lsio_fill_*), run by lsio_batch_run / lsio_batch_step with the GIL
