@@ -158,7 +158,11 @@ def _is_fill(arr: np.ndarray, fill) -> bool:
     array compared bit for bit, as zarr-python does: -0.0 is data where 0.0 is the fill)."""
     if arr.dtype.kind == "f" and fill == 0:
         bits = np.dtype(f"u{arr.dtype.itemsize}")
-        return bool((arr.view(bits) == np.asarray(fill, arr.dtype).view(bits)).all())
+        raw, want = arr.view(bits), np.asarray(fill, arr.dtype).view(bits)
+        # most units hold data: their first element already tells, without a pass over them
+        if arr.size and raw[(0,) * arr.ndim] != want:
+            return False
+        return bool((raw == want).all())
     nan = isinstance(fill, float | np.floating | complex | np.complexfloating) and np.isnan(fill)
     first = arr[(0,) * arr.ndim] if arr.size else fill
     # most units hold data: their first element already tells, without a pass over the unit
