@@ -156,18 +156,24 @@ def counted_kernel(monkeypatch):
     return decoded
 
 
-@pytest.mark.parametrize("where", ["threads", "memory"])
+@pytest.mark.parametrize("where", ["threads", "threads-python", "memory"])
 def test_the_kernel_decodes_for_the_thread_engine_and_the_memory_store(tmp_path, where,
-                                                                         counted_kernel):
+                                                                         counted_kernel,
+                                                                         monkeypatch):
+    if where == "threads-python":  # the thread engine without its C reader (not built)
+        from dask_lsio.io import _cbatch
+
+        monkeypatch.setattr(_cbatch, "lib", None)
+        monkeypatch.setattr(dask_lsio.io._select, "_engines", {})  # a fresh engine
     values = np.random.default_rng(4).random((8, 32, 32)).astype("float32")
     target = zarr.storage.MemoryStore() if where == "memory" else str(tmp_path / "a")
     z = zarr.create_array(target, shape=values.shape, chunks=(1, 16, 16), dtype="float32",
                           compressors=BloscCodec(cname="zstd"))
     z[...] = values
-    with dask.config.set({"lsio.engine": "threads" if where == "threads" else "auto"}):
+    with dask.config.set({"lsio.engine": "auto" if where == "memory" else "threads"}):
         x = dask_lsio.from_zarr(z)
         got = x.compute(scheduler="sync")
-        if where == "threads":
+        if where != "memory":
             assert dask_lsio.get_engine().kind == "threads"
     np.testing.assert_array_equal(got, values)
     assert sum(counted_kernel) == values.nbytes  # every chunk, by the kernel

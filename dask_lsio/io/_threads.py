@@ -94,8 +94,9 @@ class ThreadEngine(Engine):
         spans: list[tuple[int, int]] | None = None,
     ) -> dict[int, OSError]:
         """:meth:`Engine.read_hooked` on the engine's threads: each group of reads gets one
-        buffer and one hook context, reads into the buffer and calls the hook (through cffi,
-        GIL released) before the next read reuses it."""
+        buffer and one hook context, reads into the buffer and calls the hook before the next
+        read reuses it; in C with the GIL released (``_posix.c``), or in Python where the C
+        extension is not built."""
         self._check_open()
         n = len(paths)
         caps = _batch.read_capacities(offsets, lengths, hook.bufsize, self.direct_io)

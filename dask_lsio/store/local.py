@@ -18,12 +18,11 @@ from dask.utils import parse_timedelta
 
 from .. import config
 from ..io import Engine, get_engine, locks
-from ..io.requests import TEMP_SUFFIX
 from ..io.hooks import ReadHook
 from ..io.pin import PinnedFiles, max_pinned
+from ..io.requests import TEMP_SUFFIX
 from ..metrics import Totals
 from .base import Errors, Held, KeysOf, Store, StoreDescription
-
 
 
 class LocalStore(Store):
