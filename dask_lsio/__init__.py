@@ -4,7 +4,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
 from .errors import (ArrayNotFoundError, BatchIOError, ChunkDecodeError, EngineUnavailableError,
-                     LSIOError, UnsupportedCodecError, UnsupportedStoreError)
+                     LSIOError, UnsupportedCodecError, UnsupportedStoreError,
+                     VersionConflictError)
 from .graph import from_zarr, open_zarr, to_zarr
 from .io import ReadRequest, get_engine
 from .loader import RandomCrops, iter_blocks
@@ -42,6 +43,7 @@ __all__ = [
     "TorchCrops",
     "UnsupportedCodecError",
     "UnsupportedStoreError",
+    "VersionConflictError",
     "__version__",
     "cleanup",
     "from_zarr",

@@ -110,8 +110,24 @@ def info() -> int:
     lines.append(f"direct IO: {engine.direct_io}")
     for key in ("read-size-hint", "batch-bytes", "buffer-pool-bytes", "fsync"):
         lines.append(f"lsio.{key}: {dask.config.get('lsio.' + key)}")
+    lines.append(f"object stores: {object_stores()}")
     print("\n".join(lines))
     return 0
+
+
+def object_stores() -> str:
+    """Which object stores dask-lsio reads and writes itself, and with what settings (never
+    credentials: none are configured here)."""
+    try:
+        from importlib.metadata import version
+
+        found = version("obstore")
+    except Exception as e:  # not installed: URLs then go through zarr-python / fsspec
+        return f"none (obstore is not installed: {type(e).__name__}; pip install obstore)"
+    store = dask.config.get("lsio.store")
+    return (f"s3:// gs:// az:// http(s):// through obstore {found}; concurrency "
+            f"{store['concurrency']}, retries {store['retries']} within "
+            f"{store['retry-budget']}, timeout {store['timeout']}")
 
 
 def decode_path(engine: Any) -> str:

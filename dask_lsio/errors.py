@@ -77,6 +77,11 @@ class UnsupportedStoreError(UnsupportedCodecError):
         self.array = None
 
 
+class VersionConflictError(LSIOError, OSError):
+    """A conditional write or read found another version of the object than the one it was
+    made for: another writer changed it meanwhile. Read-modify-writes are retried on it."""
+
+
 class ChunkDecodeError(LSIOError, ValueError):
     """A stored chunk is corrupt or truncated: the message names its key and the codecs."""
 

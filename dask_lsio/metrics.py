@@ -9,7 +9,9 @@ the totals.
 Labels (units): ``lsio-read`` / ``lsio-write`` / ``lsio-delete`` (bytes, objects) per engine
 batch; ``lsio-read`` (seconds) for a whole region read (IO, and decode when the C kernel
 decodes inside the IO batch); ``lsio-decode`` (seconds) of numcodecs decoding within it;
-``lsio-encode`` and ``lsio-write`` (seconds) of a region write.
+``lsio-encode`` and ``lsio-write`` (seconds) of a region write. Object stores add
+``lsio-store-requests``, ``lsio-store-retries``, ``lsio-store-errors`` (failed for good) and
+``lsio-store-conflicts`` (conditional writes another writer beat), all in objects.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ def test_api_reference_documents_the_public_api(built):
     for name in ("from_zarr", "to_zarr", "open_zarr", "RandomCrops", "TorchCrops",
                  "iter_blocks", "LSIOWorkerPlugin", "get_engine", "ReadRequest",
                  "LSIOError", "BatchIOError", "EngineUnavailableError", "UnsupportedCodecError",
-                 "UnsupportedStoreError", "ChunkDecodeError"):
+                 "UnsupportedStoreError", "ChunkDecodeError", "VersionConflictError"):
         assert f'id="dask_lsio.{name}"' in page, name
     for name in ("io.Engine.read", "io.Engine.read_iter", "io.Engine.read_into",
                  "io.Engine.write", "io.Engine.delete", "zarr.LSIOCodecPipeline"):

@@ -18,7 +18,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 import dask_lsio
 from dask_lsio.errors import BatchIOError, UnsupportedStoreError
-from dask_lsio.store import ABSENT, LocalStore, MemoryStore, Store, open_store
+from dask_lsio.store import ABSENT, LocalStore, MemoryStore, ObjectStore, Store, open_store
 from dask_lsio.zarr import _kernel, execute
 from dask_lsio.zarr.read import read_boxes
 from dask_lsio.zarr.shard import IndexCache
@@ -79,8 +79,10 @@ def test_one_resolver():
     zmem = zarr.storage.MemoryStore()
     ours = open_store(zarr.storage.StorePath(zmem, "g/x"))
     assert ours.url.endswith("/g/x") and ours == open_store(zarr.storage.StorePath(zmem, "g/x"))
-    with pytest.raises(UnsupportedStoreError, match="s3://"):
-        open_store("s3://bucket/a.zarr")
+    assert isinstance(open_store("s3://bucket/a.zarr"), ObjectStore)
+    assert open_store("gs://b/a.zarr").child("x").url == "gs://b/a.zarr/x"
+    with pytest.raises(UnsupportedStoreError, match="hdfs://"):
+        open_store("hdfs://namenode/a.zarr")
     with pytest.raises(TypeError, match="anon"):
         open_store("/a/b", storage_options={"anon": True})
 

@@ -44,7 +44,11 @@ def from_zarr(
     component : str, optional
         The array's path inside the group at ``url``.
     storage_options : dict, optional
-        Passed to zarr-python when the array is not read by dask-lsio (other stores).
+        Options of an object store given by URL (``s3://``, ``gs://``, ``az://``/``abfs://``,
+        ``http(s)://``): fsspec's names (``key``, ``secret``, ``token``, ``anon``,
+        ``endpoint_url``, ``region``, ``client_kwargs``) or obstore's configuration keys;
+        one that does not apply raises TypeError. Credentials never appear in names, keys
+        or messages. For stores dask-lsio does not read itself, passed to zarr-python.
     chunks : optional
         Block shape. Default: whole multiples of the shard (or chunk) shape of about
         ``array.chunk-size`` bytes, and at least two blocks per core where the array allows. Blocks that split a shard or chunk work, but read it
@@ -59,7 +63,7 @@ def from_zarr(
     dask.array.Array
     """
     try:
-        store, zarr_array = open_array(url, component)
+        store, zarr_array = open_array(url, component, storage_options)
         if out_of_reach(store):  # dask ships the zarr array itself to the workers
             raise UnsupportedStoreError(f"{describe_store(zarr_view(url))} on a distributed "
                                         "cluster (its objects live in this process)")

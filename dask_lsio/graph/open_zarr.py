@@ -9,12 +9,13 @@ result matches ``xarray.open_zarr`` on the same store.
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
 from .. import config
 from ..errors import UnsupportedStoreError
-from ..store import open_store
+from ..store import ObjectStore, open_store
 from .from_zarr import from_zarr
 
 
@@ -28,6 +29,7 @@ def open_zarr(
     concat_characters: bool = True,
     decode_coords: Any = True,
     drop_variables: Any = None,
+    storage_options: dict | None = None,
     **kwargs: Any,
 ) -> Any:
     """Open a Zarr store as an ``xarray.Dataset`` whose data variables are dask_lsio arrays.
@@ -37,9 +39,11 @@ def open_zarr(
 
     Parameters
     ----------
-    store : str, os.PathLike or zarr.storage.LocalStore
-        A local path, ``file://`` URL or LocalStore of a Zarr group (other stores are opened
-        by :func:`xarray.open_zarr` alone, with a warning).
+    store : str, os.PathLike, zarr.storage.LocalStore or zarr.storage.ObjectStore
+        A local path or ``file://`` URL, an object-store URL (``s3://``, ``gs://``,
+        ``az://``, ``http(s)://``), or a zarr store :func:`dask_lsio.store.open_store`
+        takes, of a Zarr group (other stores are opened by :func:`xarray.open_zarr` alone,
+        with a warning).
     group : str, optional
         The group inside ``store``.
     chunks : "auto", None, int or dict, optional
@@ -48,6 +52,9 @@ def open_zarr(
         dict gives those sizes (-1: the whole dimension; dims not named: default).
     decode_cf, mask_and_scale, decode_times, concat_characters, decode_coords, drop_variables
         As in :func:`xarray.open_zarr`.
+    storage_options : dict, optional
+        Options of an object store given by URL: credentials, ``endpoint_url``, ``anon``
+        ... (see :func:`dask_lsio.from_zarr`).
     **kwargs
         Passed to :func:`xarray.open_zarr` (``consolidated``, ``zarr_format`` ...).
 
@@ -58,7 +65,7 @@ def open_zarr(
     import xarray as xr
 
     try:
-        base = open_store(store)
+        base = open_store(store, storage_options)
     except UnsupportedStoreError as e:
         if config.get("strict"):
             raise
@@ -67,8 +74,11 @@ def open_zarr(
         return xr.open_zarr(store, group=group, chunks=chunks, decode_cf=decode_cf,
                             mask_and_scale=mask_and_scale, decode_times=decode_times,
                             concat_characters=concat_characters, decode_coords=decode_coords,
-                            drop_variables=drop_variables, **kwargs)
-    raw = xr.open_zarr(store, group=group, chunks=None, decode_cf=False,
+                            drop_variables=drop_variables, storage_options=storage_options,
+                            **kwargs)
+    # the metadata through zarr-python on the same objects (for URLs: on our client)
+    where, group = _zarr_place(store, base, group)
+    raw = xr.open_zarr(where, group=group, chunks=None, decode_cf=False,
                        drop_variables=drop_variables, **kwargs)
     for name, var in raw.data_vars.items():
         component = f"{group.strip('/')}/{name}" if group else str(name)
@@ -78,6 +88,16 @@ def open_zarr(
         return raw
     return xr.decode_cf(raw, mask_and_scale=mask_and_scale, decode_times=decode_times,
                         concat_characters=concat_characters, decode_coords=decode_coords)
+
+
+def _zarr_place(store: Any, base: Any, group: str | None) -> tuple[Any, str | None]:
+    """What xarray opens for ``store`` and the group in it: object-store URLs become the
+    zarr store of our store (xarray would make another client, from fsspec)."""
+    if not isinstance(base, ObjectStore) or not isinstance(store, (str, os.PathLike)):
+        return store, group
+    target = base.zarr_target
+    path = "/".join(p for p in (target.path, (group or "").strip("/")) if p)
+    return target.store, path or None
 
 
 def _blocks(chunks: Any, dims: tuple, shape: tuple[int, ...]) -> Any:

@@ -49,8 +49,10 @@ def to_zarr(
     component : str, optional
         The array's path inside the group at ``url``.
     storage_options : dict, optional
-        Given (not empty), or for other stores and URLs, the write goes through
-        :func:`dask.array.to_zarr` (with a warning naming the store).
+        Options of an object store given by URL (see :func:`dask_lsio.from_zarr`). Each
+        object is one PUT; units shared with other writers are written back only if
+        unchanged since read (conditional PUTs). For stores dask-lsio does not write itself
+        the write goes through :func:`dask.array.to_zarr` (with a warning naming the store).
     region : tuple of slices, optional
         Where ``arr`` goes in an existing array. Blocks are cut on the write-unit grid, so a
         region whose edges split units has those units written by one task each, which reads
@@ -89,7 +91,8 @@ def to_zarr(
                              return_stored, mode, kwargs, elsewhere)
     component = component or kwargs.pop("name", None)
     z = url if isinstance(url, zarr.Array) else _open_or_create(arr, url, component, mode,
-                                                                 kwargs, region)
+                                                                 kwargs, region,
+                                                                 storage_options)
     region = _region(z, arr, region)
     try:
         spec = spec_from_array(*open_array(z))
@@ -151,12 +154,13 @@ def _region(z: zarr.Array, arr: da.Array, region: tuple | None) -> tuple[slice, 
 
 
 def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
-                    kwargs: dict, region: tuple | None) -> zarr.Array:
+                    kwargs: dict, region: tuple | None,
+                    storage_options: dict | None = None) -> zarr.Array:
     """The array at ``url``/``component``: opened (modes a, r+) or created (a, w, w-).
 
     Whatever fails is found before anything is written: a missing array for a region or
     ``r+``, and (with ``lsio.strict``) an array dask-lsio would not write itself."""
-    base = open_store(url)
+    base = open_store(url, storage_options)
     target = base.child(component) if component else base
     # a zarr store object keeps its own settings (read_only)
     store = url if isinstance(url, zarr.abc.store.Store) else base.zarr_target
@@ -186,12 +190,12 @@ def _open_or_create(arr: da.Array, url: Any, component: str | None, mode: str,
 
 def _not_ours(url: Any, storage_options: dict | None) -> str | None:
     """What ``url`` is, when dask-lsio does not write it itself; None when it does."""
-    if storage_options:
-        return f"{describe_store(url)} with storage_options"
     try:
-        open_store(url)
+        open_store(url, storage_options)
     except UnsupportedStoreError as e:
         return e.what
+    except TypeError:  # options for a store that takes none: dask's (fsspec's) to judge
+        return f"{describe_store(url)} with storage_options"
     return None
 
 

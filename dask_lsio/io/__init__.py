@@ -7,7 +7,8 @@
 
 from .engine import Engine
 from .requests import ReadRequest
-from ._select import UringStatus, get_engine, new_engine, register_lookup, uring_status
+from ._select import (UringStatus, engine_in_use, get_engine, new_engine, register_lookup,
+                      uring_status)
 from ._threads import ThreadEngine
 from ._uring import IoUringEngine
 
@@ -17,6 +18,7 @@ __all__ = [
     "ReadRequest",
     "ThreadEngine",
     "UringStatus",
+    "engine_in_use",
     "get_engine",
     "new_engine",
     "register_lookup",

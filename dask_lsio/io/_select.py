@@ -115,6 +115,18 @@ def get_engine(kind: str | None = None) -> Engine:
         return engine
 
 
+def engine_in_use() -> Engine | None:
+    """The engine :func:`get_engine` would return, if it exists already; None where it would
+    be created (callers that only count things need not start one)."""
+    for lookup in _lookups:
+        engine = lookup()
+        if engine is not None:
+            return engine
+    with _lock:
+        engine = _engines.get(_kind(None))
+    return None if engine is None or engine.closed else engine
+
+
 def register_lookup(lookup: Callable[[], Engine | None]) -> None:
     """Make :func:`get_engine` (without ``kind``) ask ``lookup`` first: it returns the engine
     the calling thread should use (e.g. its distributed worker's), or None."""

@@ -63,17 +63,20 @@ class RandomCrops:
         Read the batches on the cluster's workers (each through its worker's engine, with
         LSIOWorkerPlugin registered), ``prefetch + 1`` of them in flight; the locations
         are still drawn here, so the batches are the same as without a client.
+    storage_options : dict, optional
+        Options of the object stores of sources given as URLs (``s3://...``): credentials,
+        ``endpoint_url``, ``anon`` (see :func:`dask_lsio.from_zarr`).
     """
 
     def __init__(self, sources: Any, crop: Any, batch_size: int, seed: int | None = None,
                  length: int = 1000, sampler: Sampler | None = None, outside: str = "skip",
                  pad: Any = None, prefetch: int = 2, threads: int | None = None,
-                 client: Any = None) -> None:
+                 client: Any = None, storage_options: dict | None = None) -> None:
         if outside not in ("skip", "pad"):
             raise ValueError(f"outside must be 'skip' or 'pad', got {outside!r}")
         if batch_size < 1 or length < 1 or prefetch < 0:
             raise ValueError("batch_size and length must be >= 1, prefetch >= 0")
-        self.sources: list[Source] = make_sources(sources, crop)
+        self.sources: list[Source] = make_sources(sources, crop, storage_options)
         self.batch_size = int(batch_size)
         self.seed = int(np.random.SeedSequence().entropy % 2**63) if seed is None else int(seed)
         self.length = int(length)

@@ -81,15 +81,17 @@ class Source:
         self.__post_init__()
 
 
-def make_sources(sources: Any, crop: Any) -> list[Source]:
+def make_sources(sources: Any, crop: Any,
+                 storage_options: Mapping[str, Any] | None = None) -> list[Source]:
     """Sources from what the user passed: one object, a list, or a dict name -> object,
     where an object is a path, ``zarr.Array``, dask_lsio array, ``xarray.DataArray`` or
     ``xarray.Dataset`` (one source per data variable). ``crop`` gives sizes per dimension
-    name (dict), per axis (tuple), or per source name (dict of those)."""
+    name (dict), per axis (tuple), or per source name (dict of those). ``storage_options``
+    apply to the sources given as object-store URLs."""
     named = _named(sources)
     out = []
     for name, obj in named:
-        out.extend(_resolve(name, obj))
+        out.extend(_resolve(name, obj, storage_options))
     if not out:
         raise ValueError("RandomCrops needs at least one source")
     names = [s.name for s in out]
@@ -121,7 +123,8 @@ def _is_zarr(obj: Any) -> bool:
     return isinstance(obj, zarr.Array)
 
 
-def _resolve(name: str, obj: Any) -> list[Source]:
+def _resolve(name: str, obj: Any,
+             storage_options: Mapping[str, Any] | None = None) -> list[Source]:
     """The source (crop size not set yet) of ``obj``; several for a Dataset."""
     kind = type(obj).__module__.split(".")[0] + "." + type(obj).__name__
     if kind == "xarray.Dataset":
@@ -133,12 +136,18 @@ def _resolve(name: str, obj: Any) -> list[Source]:
         spec, arr = _source_of_dask(obj, name)
         return [Source(name, spec, _dims_default(len(obj.shape)), {}, array=arr)]
     try:
-        store, arr = open_array(obj)
+        store, arr = open_array(obj, storage_options=_options_for(obj, storage_options))
         spec = spec_from_array(store, arr)
     except UnsupportedCodecError as e:  # codecs, dtypes or stores we do not read ourselves
-        arr = obj if isinstance(obj, zarr.Array) else zarr.open_array(zarr_view(obj), mode="r")
+        arr = obj if isinstance(obj, zarr.Array) else zarr.open_array(
+            zarr_view(obj), mode="r", storage_options=_options_for(obj, storage_options))
         return [Source(name, None, _zarr_dims(arr), {}, array=_fallback(name, arr, e))]
     return [Source(name, spec, _zarr_dims(arr), {})]
+
+
+def _options_for(obj: Any, storage_options: Mapping[str, Any] | None) -> Any:
+    """``storage_options`` where ``obj`` is a URL (other sources carry their own)."""
+    return storage_options if isinstance(obj, str) and "://" in obj else None
 
 
 def _fallback(name: str, arr: zarr.Array, why: UnsupportedCodecError) -> zarr.Array:

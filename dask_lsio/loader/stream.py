@@ -18,7 +18,8 @@ from .sources import spec_of_dask
 
 
 def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int = 4,
-                threads: int | None = None) -> Iterator[np.ndarray]:
+                threads: int | None = None,
+                storage_options: dict | None = None) -> Iterator[np.ndarray]:
     """Yield consecutive blocks of ``array`` along ``axis`` (whole along the other axes).
 
     Blocks are read ahead, several at once and completing in any order, while the caller
@@ -39,13 +40,15 @@ def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int =
         Blocks read ahead (at least one per core keeps every core busy).
     threads : int, optional
         Threads reading blocks at once (default: every core).
+    storage_options : dict, optional
+        Options of the object store when ``array`` is a URL (see :func:`dask_lsio.from_zarr`).
 
     Yields
     ------
     numpy.ndarray
     """
     data = getattr(array, "data", None) if type(array).__name__ == "DataArray" else array
-    data, spec, bounds = _blocks(data, axis)
+    data, spec, bounds = _blocks(data, axis, storage_options)
     workers = max(1, threads or os.cpu_count() or 1)
     if spec is None:
         thunks = (lambda s=s: np.asarray(data[_index(data.ndim, axis, s)].compute())
@@ -57,7 +60,8 @@ def iter_blocks(array: Any, axis: int = 0, ordered: bool = True, prefetch: int =
     return prefetched(thunks, max(prefetch, 1), workers, ordered)
 
 
-def _blocks(array: Any, axis: int) -> tuple[Any, ArraySpec | None, list[slice]]:
+def _blocks(array: Any, axis: int, storage_options: dict | None = None
+            ) -> tuple[Any, ArraySpec | None, list[slice]]:
     """What to read (``array``, or a dask array for it), the array's spec (None: a dask
     array dask-lsio does not read) and the block slices along ``axis``."""
     if hasattr(array, "__dask_graph__"):
@@ -69,10 +73,10 @@ def _blocks(array: Any, axis: int) -> tuple[Any, ArraySpec | None, list[slice]]:
             spec = None
         return array, spec, _slices(array.chunks[axis])
     try:
-        store, arr = open_array(array)
+        store, arr = open_array(array, storage_options=storage_options)
         spec = spec_from_array(store, arr)
     except UnsupportedCodecError:  # what we do not read ourselves: from_zarr's fallback
-        return _blocks(from_zarr(array), axis)  # (with its warning; lsio.strict raises)
+        return _blocks(from_zarr(array, storage_options=storage_options), axis)  # (with its warning; lsio.strict raises)
     axis = _axis(axis, len(spec.shape))
     return array, spec, _slices(_steps(spec, axis))
 

@@ -8,8 +8,9 @@
 from .base import ABSENT, Held, KeysOf, Store, StoreDescription
 from .local import LocalStore
 from .memory import MemoryStore
+from .object_store import ObjectStore, Version
 from .resolve import cleanup, describe_store, open_store, zarr_view
 
-__all__ = ["ABSENT", "Held", "KeysOf", "LocalStore", "MemoryStore", "Store", "StoreDescription",
+__all__ = ["ABSENT", "Held", "KeysOf", "LocalStore", "MemoryStore", "ObjectStore", "Store", "StoreDescription", "Version",
            "cleanup", "describe_store", "open_store",
            "zarr_view"]

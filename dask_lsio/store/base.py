@@ -17,6 +17,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 
+from .. import config
 from ..io.hooks import ReadHook
 from ..metrics import Totals
 
@@ -107,6 +108,11 @@ class Store(ABC):
         """Hold the current version of each object while the context lasts: reads through
         the returned :class:`Held` see those versions whatever is written meanwhile."""
 
+    def coalescing(self) -> tuple[int, int]:
+        """Byte ranges of one object at most ``gap`` apart are read as one range of at most
+        ``max`` bytes (``lsio.coalesce-gap`` and ``lsio.coalesce-max``)."""
+        return config.get_bytes("coalesce-gap"), config.get_bytes("coalesce-max")
+
     def max_held(self) -> int:
         """How many objects one caller may hold at once."""
         return 1 << 30
@@ -177,7 +183,11 @@ class Store(ABC):
         return hash(self.description)
 
     def __dask_tokenize__(self) -> Any:
-        return (type(self).__name__, self.description)
+        from dask.base import normalize_token
+
+        # normalized here: dask would tokenize the returned description by its repr, in
+        # which credentials are hidden (stores differing only in them would be one)
+        return (type(self).__name__, normalize_token(self.description))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url!r}>"
@@ -188,7 +198,9 @@ class Held(ABC):
 
     ``reader`` is a store whose reads of the held keys see the held versions (other keys read
     as usual); ``identity(i)`` tells the version of the ``i``-th key from any other
-    (``"absent"`` where there was no object).
+    (``"absent"`` where there was no object; None where the store learns it only when the
+    object is first read, as object stores do: a request per object up front would cost a
+    round trip).
     """
 
     reader: Store
@@ -197,4 +209,10 @@ class Held(ABC):
     def identity(self, i: int) -> Any: ...
 
     @abstractmethod
-    def present(self, i: int) -> bool: ...
+    def present(self, i: int) -> bool | None:
+        """Whether the ``i``-th object existed when held (None: not known until read)."""
+
+    def expect(self, i: int, identity: Any) -> None:
+        """Hold the ``i``-th object at ``identity`` (a version known from an earlier read,
+        such as a cached shard index's), for stores that learn versions as they read:
+        reads then fail with VersionConflictError if the object has another version."""

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .. import config, metrics
+from ..errors import VersionConflictError
 from ..io import Engine
 from ..store import Store
 from . import plan as planner
@@ -139,6 +140,23 @@ def read_boxes_many(reads: list[BoxRead], engine: Engine | None = None,
 
 def _read_boxes(reads: list[BoxRead], engine: Engine | None, threads: int | None,
                 outs: list, partial: bool) -> list[np.ndarray]:
+    """Read the boxes; started over (with no kept index) when an object store reports a
+    shard rewritten between the read of its index and of its data."""
+    tries = 1 + max(0, int(config.get("store.retries")))
+    for attempt in range(tries):
+        try:
+            return _read_boxes_once(reads, engine, threads, outs, partial)
+        except VersionConflictError:
+            if attempt + 1 == tries:
+                raise
+            for r in reads:
+                if r.spec.shard is not None:
+                    (r.indexes if r.indexes is not None else shared_cache(r.spec)).forget()
+    raise AssertionError("unreachable")
+
+
+def _read_boxes_once(reads: list[BoxRead], engine: Engine | None, threads: int | None,
+                     outs: list, partial: bool) -> list[np.ndarray]:
     if not reads:
         return []
     results, plans = [], []
@@ -187,8 +205,8 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
         cache = indexes if indexes is not None else shared_cache(spec)
         return cache.get(shards, store, held, keys)
 
-    plan, absent = planner.shard_plan(spec, cells, lookup, config.get_bytes("coalesce-gap"),
-                                      config.get_bytes("coalesce-max"))
+    gap, most = store.coalescing()
+    plan, absent = planner.shard_plan(spec, cells, lookup, gap, most)
     fill_boxes(spec, stacked, absent.dst, absent.count)
     return out, None if plan is None else planner.Run(spec, plan, stacked, reader[0], partial)
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import config
 from ..errors import ChunkDecodeError
-from ..store import Held, Store
+from ..store import ABSENT, Held, Store
 
 if TYPE_CHECKING:
     from .spec import ArraySpec
@@ -60,14 +60,16 @@ def read_indexes(spec: ArraySpec, keys: Sequence[str], store: Store,
         The shards' keys.
     store : Store
         Where to read them (e.g. a :class:`~dask_lsio.store.Held` reader of held versions).
-    present : sequence of bool, optional
-        Which shards are known to exist (held); then a missing one is an error, not fill.
+    present : sequence of bool or None, optional
+        Which shards are known to exist (held); then a missing one is an error, not fill
+        (None: not known, as without ``present``).
     """
     layout = spec.shard
     per_shard = layout.per_shard(spec.grid)
     n = layout.index_nbytes(spec.grid)
     out: list[np.ndarray | None] = [None] * len(keys)
-    todo = [i for i in range(len(keys)) if present is None or present[i]]
+    known = [None] * len(keys) if present is None else list(present)
+    todo = [i for i in range(len(keys)) if known[i] is not False]
     offsets = np.full(len(todo), -n if layout.index_at_end else 0, dtype=np.int64)
     lengths = np.full(len(todo), -1 if layout.index_at_end else n, dtype=np.int64)
     # the whole batch finishes before anything is raised: no read stays in flight
@@ -76,14 +78,14 @@ def read_indexes(spec: ArraySpec, keys: Sequence[str], store: Store,
     sizes = store.sizes([keys[i] for i in todo])
     for k, buf in results:
         i = todo[k]
-        if isinstance(buf, FileNotFoundError) and present is None:
+        if isinstance(buf, FileNotFoundError) and known[i] is None:
             continue
         if isinstance(buf, BaseException):
             buf.add_note(f"while reading the shard index of the Zarr array at {spec.root!r}")
             raise buf
         size = sizes[k]
         if size is None:  # removed since it was read: as if absent, unless held
-            if present is None:
+            if known[i] is None:
                 continue
             raise FileNotFoundError(errno.ENOENT, "shard removed while held", store.name(keys[i]))
         out[i] = parse_index(buf, n, layout.index_crc32c, per_shard, store.name(keys[i]), size,
@@ -167,6 +169,12 @@ class IndexCache:
     def __len__(self) -> int:
         return len(self._index)
 
+    def forget(self) -> None:
+        """Drop every kept index (after a read found a shard changed under a kept one)."""
+        with self._lock:
+            self._index.clear()
+            self.nbytes = 0
+
     def get(self, shards: np.ndarray, store: Store | None = None, held: Held | None = None,
             names: list[str] | None = None) -> list[np.ndarray | None]:
         """The index of each shard (rows of grid positions); None for an absent shard.
@@ -183,9 +191,14 @@ class IndexCache:
         with self._lock:
             for i, (k, ident) in enumerate(zip(keys, ids)):
                 entry = self._index.get(k)
+                if held is not None and ident is None and entry is not None \
+                        and entry[0] == ABSENT:
+                    continue  # an absence cannot be checked as a version is: look again
                 if entry is not None and (ident is None or entry[0] == ident):
                     self._index.move_to_end(k)
                     found[i] = entry[1]
+                    if held is not None and ident is None:  # a store that learns versions
+                        held.expect(i, entry[0])  # as it reads: read the one indexed
         todo = [i for i in range(len(keys)) if i not in found]
         if todo:
             todo_keys = (self.spec.keys(np.array([keys[i] for i in todo], np.int64))
@@ -198,7 +211,8 @@ class IndexCache:
                 for i, index in zip(todo, read):
                     old = self._index.pop(keys[i], None)
                     self.nbytes += _cost(index) - (0 if old is None else _cost(old[1]))
-                    self._index[keys[i]] = (ids[i], index)
+                    # (the version read: object stores know it only now)
+                    self._index[keys[i]] = (held.identity(i) if held else ids[i], index)
                 while self.nbytes > self.max_bytes and self._index:
                     _, (_, dropped) = self._index.popitem(last=False)
                     self.nbytes -= _cost(dropped)

@@ -13,9 +13,16 @@ and a stale object left by an earlier write is deleted (zarr-python's
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import random
+import time
+from typing import Any, Mapping
+
 import numpy as np
 
-from .. import metrics
+from .. import config, metrics
+from ..errors import BatchIOError, VersionConflictError
 from ..io import Engine
 from . import _decode
 from . import shard
@@ -38,14 +45,15 @@ def check_aligned(spec: ArraySpec, region: tuple[slice, ...]) -> None:
 
 def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
                  engine: Engine | None = None, write_empty_chunks: bool = False,
-                 threads: int = 1) -> int:
+                 threads: int = 1, expect: Mapping[str, Any] | None = None) -> int:
     """Store ``values`` (shaped like ``region``) into the array; return the bytes written.
 
     Units are encoded on ``threads`` threads (1: on the caller's, as a dask task does; a
     caller that is the only writer can use every core). Raises ValueError for a misaligned
     region, and BatchIOError (OSErrors naming each object) when objects could not be written;
     objects are complete or absent, never torn. ``engine``: the engine of a local store
-    (default the process's).
+    (default the process's). ``expect``: key -> the version an object must still be at
+    when it is written (object stores' conditional PUTs; see :func:`update_region`).
     """
     check_aligned(spec, region)
     store = store_of(spec, engine)
@@ -68,7 +76,12 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
         else:
             writes.append((spec.key(p), data))
     with metrics.timed(store.totals, "lsio-write"):
-        written = sum(store.put(writes)) if writes else 0
+        if not writes:
+            written = 0
+        elif expect:
+            written = sum(store.put(writes, expect=expect))
+        else:
+            written = sum(store.put(writes))
         if deletes:
             store.delete(deletes)
     return written
@@ -83,6 +96,9 @@ def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray
     Each such unit is read and written back under its write lock (:meth:`Store.lock`),
     so writers of disjoint regions that share a unit (tasks of one ``to_zarr``, independent
     jobs, zarr-python writers through the codec pipeline) never erase each other's values.
+    On object stores, whose writers in other processes take no lock of ours, each unit is
+    written back only if it is still the version read (a conditional PUT); else the read,
+    merge and write start over, up to ``lsio.store.retries`` times.
 
     Parameters
     ----------
@@ -111,14 +127,42 @@ def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray
     fill = bool((partial & ~merge).any())
     merged = np.full(shape, spec.fill_value, spec.dtype) if fill else np.empty(shape, spec.dtype)
     inside = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(region, outer))
-    with store.lock(spec.keys(pos[merge])):
-        if merge.any():
-            stored = read_boxes(spec, lo[merge], spec.grid, pad=spec.fill_value, engine=engine,
-                                threads=threads)
-            for unit, d, c in zip(stored, dst[merge].tolist(), count[merge].tolist()):
-                merged[_box(d, c)] = unit[_box([0] * len(c), c)]
-        merged[inside] = values
-        return write_region(spec, outer, merged, engine, write_empty_chunks, threads)
+    keys = spec.keys(pos[merge])
+    # object stores: writers elsewhere take no lock of ours; a conditional PUT keeps them apart
+    conditional = getattr(store, "conditional", None)
+    if conditional is False and merge.any():
+        raise NotImplementedError(
+            f"{store.url} cannot be written conditionally (plain HTTP): a write covering "
+            f"{', '.join(keys[:3])} in part could erase another writer's values; write whole "
+            f"{'shards' if spec.shard else 'chunks'}")
+    conditional = bool(conditional) and merge.any()
+    tries = 1 + max(0, int(config.get("store.retries"))) if conditional else 1
+    for attempt in range(tries):
+        with store.lock(keys), _held(store, keys, conditional) as held:
+            reading = spec if held is None else dataclasses.replace(spec, store=held.reader)
+            if merge.any():
+                stored = read_boxes(reading, lo[merge], spec.grid, pad=spec.fill_value,
+                                    engine=engine, threads=threads)
+                for unit, d, c in zip(stored, dst[merge].tolist(), count[merge].tolist()):
+                    merged[_box(d, c)] = unit[_box([0] * len(c), c)]
+            merged[inside] = values
+            expect = None if held is None else {
+                k: v for i, k in enumerate(keys) if (v := held.identity(i)) is not None}
+            try:
+                return write_region(spec, outer, merged, engine, write_empty_chunks, threads,
+                                    expect)
+            except BatchIOError as e:
+                if held is None or attempt + 1 == tries or not all(
+                        isinstance(x, VersionConflictError) for x in e.exceptions):
+                    raise
+        # another writer changed a unit since it was read: back off, read it again
+        time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
+    raise AssertionError("unreachable")
+
+
+def _held(store, keys: list[str], conditional: bool):
+    """The units held while they are read and merged (conditional writes), else nothing."""
+    return store.hold(keys) if conditional else contextlib.nullcontext()
 
 
 def _box(start, count) -> tuple[slice, ...]:
