@@ -2,6 +2,7 @@
 
 io_uring tests skip where io_uring cannot run, unless LSIO_REQUIRE_URING=1 (set by .ci/run
 on our machines, which have it), where a missing io_uring fails loudly instead.
+The S3 fixtures (a moto server on loopback, buckets, a fault proxy) are in s3_fixtures.py.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 import pytest
 
 from dask_lsio.io import IoUringEngine, ThreadEngine, uring_status
+
+pytest_plugins = ["s3_fixtures"]  # s3_server, s3, fault_proxy, faulty_s3
 
 ENGINES = ["io_uring", "threads"]
 
