@@ -95,9 +95,7 @@ def _zarr_place(store: Any, base: Any, group: str | None) -> tuple[Any, str | No
     zarr store of our store (xarray would make another client, from fsspec)."""
     if not isinstance(base, ObjectStore) or not isinstance(store, (str, os.PathLike)):
         return store, group
-    target = base.zarr_target
-    path = "/".join(p for p in (target.path, (group or "").strip("/")) if p)
-    return target.store, path or None
+    return base.zarr_target.store, group
 
 
 def _blocks(chunks: Any, dims: tuple, shape: tuple[int, ...]) -> Any:

@@ -61,6 +61,9 @@ class Store(ABC):
 
     description: StoreDescription
     url: str
+    # a hold's reader whose versions its caller chose: a read that meets another version
+    # fails back to that caller (which holds again), rather than being retried in place
+    versions_fixed: bool = False
 
     # -- reads ---------------------------------------------------------------------------
     @abstractmethod

@@ -104,18 +104,22 @@ def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run_coroutine_threadsafe(coro, state.loop).result()
 
 
-def client(target: Target) -> Any:
-    """The obstore store at the root of ``target``'s bucket (one per process)."""
-    key = (target.backend, target.root, target.options, target.headers)
+def client(target: Target, at_prefix: bool = False) -> Any:
+    """The obstore store at the root of ``target``'s bucket (one per process), or at its
+    prefix (``at_prefix``: for zarr-python and xarray, which open the root of the store
+    they are given; obstore retries their requests itself, with ``lsio.store``'s
+    settings, since they do not go through :func:`request`)."""
+    prefix = target.prefix if at_prefix else None
+    key = (target.backend, target.root, prefix, target.options, target.headers)
     loop()  # a forked child starts afresh
     with _loop_lock:
         found = _clients.get(key)
         if found is None:
-            found = _clients[key] = _make(target)
+            found = _clients[key] = _make(target, prefix)
         return found
 
 
-def _make(target: Target) -> Any:
+def _make(target: Target, prefix: str | None = None) -> Any:
     from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
 
     opts = target.config()
@@ -128,15 +132,23 @@ def _make(target: Target) -> Any:
         client_options["allow_http"] = True
     if target.headers:
         client_options["default_headers"] = {k: v.value for k, v in target.headers}
-    retry = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}  # see the docstring
-    common = {"client_options": client_options, "retry_config": retry}
+    if prefix is None:  # ours: we retry (see the module's docstring)
+        retry: dict[str, Any] = {"max_retries": 0, "retry_timeout": timedelta(seconds=1)}
+    else:  # zarr-python's and xarray's (metadata): obstore retries, with our settings
+        policy = RetryPolicy.from_config()
+        retry = {"max_retries": policy.retries, "retry_timeout": timedelta(seconds=policy.budget),
+                 "backoff": {"init_backoff": timedelta(seconds=policy.backoff),
+                             "max_backoff": timedelta(seconds=policy.max_backoff), "base": 2}}
+    common: dict[str, Any] = {"client_options": client_options, "retry_config": retry}
+    if target.backend == "http":
+        url = target.root + ("/" + prefix if prefix else "")
+        return HTTPStore.from_url(url, **common)
+    common["prefix"] = prefix or None
     if target.backend == "s3":
         return S3Store(target.root, config=opts, **common)
     if target.backend == "gcs":
         return GCSStore(target.root, config=opts, **common)
-    if target.backend == "azure":
-        return AzureStore(target.root, config=opts, **common)
-    return HTTPStore.from_url(target.root, **common)
+    return AzureStore(target.root, config=opts, **common)
 
 
 def _duration(value: Any) -> timedelta:

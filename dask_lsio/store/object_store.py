@@ -93,11 +93,12 @@ class ObjectStore(Store):
 
     @property
     def zarr_target(self) -> Any:
-        """zarr-python's ``ObjectStore`` on the same client, at this prefix."""
+        """zarr-python's ``ObjectStore`` on a client of ours rooted at this prefix (so that
+        xarray, which opens the root of the store it is given, finds the group here)."""
         import zarr
 
-        return zarr.storage.StorePath(zarr.storage.ObjectStore(self._client),
-                                      self.target.prefix)
+        return zarr.storage.StorePath(
+            zarr.storage.ObjectStore(object_client.client(self.target, at_prefix=True)), "")
 
     # -- reads ---------------------------------------------------------------------------
     def get(self, keys: Sequence[str], offsets: np.ndarray | None = None,
@@ -413,6 +414,8 @@ class _HeldVersions(Held):
 
 
 class _HeldReader(ObjectStore):
+    versions_fixed = True
+
     def __init__(self, store: ObjectStore, versions: _Versions) -> None:
         super().__init__("", _target=store.target, _versions=versions)
 

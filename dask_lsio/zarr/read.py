@@ -142,7 +142,8 @@ def _read_boxes(reads: list[BoxRead], engine: Engine | None, threads: int | None
                 outs: list, partial: bool) -> list[np.ndarray]:
     """Read the boxes; started over (with no kept index) when an object store reports a
     shard rewritten between the read of its index and of its data."""
-    tries = 1 + max(0, int(config.get("store.retries")))
+    fixed = any(store_of(r.spec, engine).versions_fixed for r in reads)
+    tries = 1 if fixed else 1 + max(0, int(config.get("store.retries")))
     for attempt in range(tries):
         try:
             return _read_boxes_once(reads, engine, threads, outs, partial)

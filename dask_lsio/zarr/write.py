@@ -138,26 +138,36 @@ def update_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray
     conditional = bool(conditional) and merge.any()
     tries = 1 + max(0, int(config.get("store.retries"))) if conditional else 1
     for attempt in range(tries):
-        with store.lock(keys), _held(store, keys, conditional) as held:
-            reading = spec if held is None else dataclasses.replace(spec, store=held.reader)
-            if merge.any():
-                stored = read_boxes(reading, lo[merge], spec.grid, pad=spec.fill_value,
-                                    engine=engine, threads=threads)
-                for unit, d, c in zip(stored, dst[merge].tolist(), count[merge].tolist()):
-                    merged[_box(d, c)] = unit[_box([0] * len(c), c)]
-            merged[inside] = values
-            expect = None if held is None else {
-                k: v for i, k in enumerate(keys) if (v := held.identity(i)) is not None}
-            try:
+        try:
+            with store.lock(keys), _held(store, keys, conditional) as held:
+                reading = spec if held is None else dataclasses.replace(spec, store=held.reader)
+                if merge.any():
+                    stored = read_boxes(reading, lo[merge], spec.grid, pad=spec.fill_value,
+                                        engine=engine, threads=threads)
+                    for unit, d, c in zip(stored, dst[merge].tolist(), count[merge].tolist()):
+                        merged[_box(d, c)] = unit[_box([0] * len(c), c)]
+                merged[inside] = values
+                expect = None if held is None else {
+                    k: v for i, k in enumerate(keys) if (v := held.identity(i)) is not None}
                 return write_region(spec, outer, merged, engine, write_empty_chunks, threads,
                                     expect)
-            except BatchIOError as e:
-                if held is None or attempt + 1 == tries or not all(
-                        isinstance(x, VersionConflictError) for x in e.exceptions):
-                    raise
-        # another writer changed a unit since it was read: back off, read it again
+        except (VersionConflictError, BatchIOError) as e:
+            # a unit rewritten since it was read (its data, or its index before its data)
+            if not conditional or attempt + 1 == tries or not _conflict(e):
+                raise
+            if spec.shard is not None:  # a kept index may be of the version now replaced
+                shard.shared_cache(spec).forget()
+        # another writer changed a unit meanwhile: back off, then a new hold reads it again
         time.sleep(random.uniform(0, min(2.0, 0.05 * 2 ** attempt)))
     raise AssertionError("unreachable")
+
+
+def _conflict(e: BaseException) -> bool:
+    """Whether ``e`` says only that other writers changed objects (a conditional request
+    failed), so that reading them again and retrying can succeed."""
+    if isinstance(e, BatchIOError):
+        return all(isinstance(x, VersionConflictError) for x in e.exceptions)
+    return isinstance(e, VersionConflictError)
 
 
 def _held(store, keys: list[str], conditional: bool):
