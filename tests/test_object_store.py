@@ -226,3 +226,42 @@ def test_building_a_graph_starts_no_engine(s3):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_killed_worker_mid_copy_loses_nothing(faulty_s3, loopback_cluster):
+    """SIGKILL of a worker while a bucket-to-bucket copy runs (reads and PUTs in flight, each
+    response delayed): distributed reruns its tasks on the other worker, and the copy reads
+    back equal; every object is one PUT, so nothing torn is left behind."""
+    import os
+    import signal
+    import threading
+
+    rng = np.random.default_rng(5)
+    values = rng.random((32, 16, 16)).astype("f4")
+    src = zarr.create_array(faulty_s3.zarr_store("src"), shape=values.shape, dtype="f4",
+                            chunks=(1, 16, 16), shards=(2, 16, 16))
+    src[...] = values
+    so = faulty_s3.storage_options
+    faulty_s3.proxy.delay = 0.02  # every response 20 ms late: the copy takes a while
+    with loopback_cluster(n_workers=2) as (_, client):
+        client.register_plugin(dask_lsio.LSIOWorkerPlugin())
+        pids = list(client.run(os.getpid).values())
+        x = dask_lsio.from_zarr(f"{faulty_s3.url}/src", storage_options=so, chunks=(2, 16, 16))
+        stored = dask_lsio.to_zarr(x * 2, f"{faulty_s3.url}/dst", storage_options=so,
+                                   chunks=(1, 16, 16), shards=(2, 16, 16), compute=False)
+        killed = threading.Event()
+
+        def kill() -> None:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.set()
+
+        killer = threading.Timer(0.4, kill)
+        killer.start()
+        try:
+            client.compute(stored).result(timeout=120)
+        finally:
+            killer.cancel()
+        assert killed.is_set(), "the copy ended before the worker was killed: test nothing"
+    faulty_s3.proxy.delay = 0
+    got = zarr.open_array(faulty_s3.zarr_store("dst"), mode="r")[...]
+    np.testing.assert_array_equal(got, values * 2)
