@@ -265,3 +265,30 @@ def test_a_killed_worker_mid_copy_loses_nothing(faulty_s3, loopback_cluster):
     faulty_s3.proxy.delay = 0
     got = zarr.open_array(faulty_s3.zarr_store("dst"), mode="r")[...]
     np.testing.assert_array_equal(got, values * 2)
+
+
+def test_a_public_http_dataset_needs_no_credentials(tmp_path):
+    """An array served by a plain HTTP server (no credentials, no listing) reads as
+    zarr-python reads it from disk, missing chunks as fill_value."""
+    import functools
+    import http.server
+    import threading
+
+    values = np.arange(12 * 10, dtype="i4").reshape(12, 10)
+    z = zarr.create_array(str(tmp_path / "pub.zarr"), shape=values.shape, dtype="i4",
+                          chunks=(5, 4), fill_value=-1)
+    z[:10] = values[:10]  # the last row of chunks never written: fill_value
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *a: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/pub.zarr"
+        store = open_store(url)
+        assert isinstance(store, ObjectStore) and store.url == url
+        got = dask_lsio.from_zarr(url).compute()
+        np.testing.assert_array_equal(got, zarr.open_array(str(tmp_path / "pub.zarr"))[...])
+        assert (got[10:] == -1).all()
+    finally:
+        server.shutdown()
+        server.server_close()
