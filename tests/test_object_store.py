@@ -292,3 +292,22 @@ def test_a_public_http_dataset_needs_no_credentials(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_hung_server_ends_in_a_timeout_not_a_hang(faulty_s3):
+    """A server that accepts a request and never answers (within the request's own limit):
+    the batch gives up after ``lsio.io-stall-timeout`` without progress, naming the store."""
+    import time
+
+    store = _store(faulty_s3, "h")
+    store.put([("a", b"x")])
+    faulty_s3.proxy.delay = 30
+    try:
+        with dask.config.set({"lsio.io-stall-timeout": "2 s"}):
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError, match="io-stall-timeout") as info:
+                list(store.get(["a"]))
+            assert time.monotonic() - t0 < 15
+        assert faulty_s3.url in str(info.value)
+    finally:
+        faulty_s3.proxy.delay = 0

@@ -16,6 +16,7 @@ timeouts (``client_options``), and this module decides what to try again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 import random
@@ -42,6 +43,7 @@ class Counts:
     not a failure) and a version conflict (``conflicts``: another writer was first)."""
 
     requests: int = 0
+    finished: int = 0  # requests done, for good or not (progress, for stall detection)
     retries: int = 0
     errors: int = 0
     conflicts: int = 0
@@ -96,12 +98,52 @@ def loop() -> _Loop:
         return _loop
 
 
-def run(coro: Awaitable[Any]) -> Any:
-    """Run ``coro`` on the process's loop and wait for its result (from any other thread)."""
+def submit(coro: Awaitable[Any]) -> concurrent.futures.Future:
+    """Start ``coro`` on the process's loop (from any other thread)."""
     state = loop()
     if threading.current_thread() is state.thread:
         raise RuntimeError("object-store requests cannot wait on their own event loop")
-    return asyncio.run_coroutine_threadsafe(coro, state.loop).result()
+    return asyncio.run_coroutine_threadsafe(coro, state.loop)
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    """Run ``coro`` on the process's loop and wait for its result."""
+    batch = submit(coro)
+    wait(batch, None, "an object store")
+    return batch.result()
+
+
+class Watch:
+    """Progress of a batch: :meth:`check` cancels it and raises TimeoutError once no request
+    of it finished for ``lsio.io-stall-timeout`` (a request's own limits make this a last
+    resort: no wait of ours is unbounded)."""
+
+    def __init__(self, batch: concurrent.futures.Future, counts: Counts | None,
+                 where: str) -> None:
+        self.batch, self.counts, self.where = batch, counts, where
+        self.stall = _duration(config.get("io-stall-timeout")).total_seconds()
+        self.seen, self.since = -1, time.monotonic()
+
+    def check(self) -> None:
+        done = -1 if self.counts is None else self.counts.finished
+        now = time.monotonic()
+        if done != self.seen:
+            self.seen, self.since = done, now
+        elif now - self.since > self.stall:
+            self.batch.cancel()
+            raise TimeoutError(errno.ETIMEDOUT, f"no request to {self.where} finished in "
+                               f"{self.stall:.0f} s (lsio.io-stall-timeout)")
+
+
+def wait(batch: concurrent.futures.Future, counts: Counts | None, where: str) -> None:
+    """Wait for ``batch`` (see :class:`Watch`); raise what it raised. A batch cancelled for
+    a stall has already raised TimeoutError: nothing to wait for."""
+    watch = Watch(batch, counts, where)
+    while not batch.cancelled():
+        try:
+            return batch.result(timeout=1.0)
+        except concurrent.futures.TimeoutError:
+            watch.check()
 
 
 def client(target: Target, at_prefix: bool = False) -> Any:
@@ -197,15 +239,19 @@ async def request(fn: Callable[[], Awaitable[Any]], name: str, what: str,
         async with state.limit:
             counts.requests += 1
             try:
-                return await fn()
+                result = await fn()
             except (oe.BaseError, OSError) as e:  # obstore's own types; mapped below
                 failure = _classify(e, name, what)
+            else:
+                counts.finished += 1
+                return result
         status = getattr(failure, "status", None)
         if status is not None:
             counts.statuses[status] = counts.statuses.get(status, 0) + 1
         elapsed = time.monotonic() - t0
         if not getattr(failure, "transient", False) or tries > policy.retries \
                 or elapsed >= policy.budget:
+            counts.finished += 1
             if isinstance(failure, VersionConflictError):
                 counts.conflicts += 1
             elif not isinstance(failure, FileNotFoundError):

@@ -104,15 +104,27 @@ class ObjectStore(Store):
     def get(self, keys: Sequence[str], offsets: np.ndarray | None = None,
             lengths: np.ndarray | None = None, errors: Errors = "return",
             size_hint: int | None = None) -> Iterator[tuple[int, Any]]:
-        results: list[tuple[int, Any]] = []
-        self._batch(self._reads([(self, k) for k in keys], offsets, lengths,
-                                lambda i, res: results.append((i, res))))
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        batch, counts = self._start(self._reads([(self, k) for k in keys], offsets, lengths,
+                                                lambda i, res: arrived.put((i, res))))
         failed = []
-        for i, res in results:
-            if isinstance(res, OSError) and errors == "raise":
-                failed.append(res)
-            else:
-                yield i, res
+        watch = object_client.Watch(batch, counts, self.url)
+        try:
+            for _ in range(len(keys)):  # in completion order, while the rest is in flight
+                while True:
+                    try:
+                        i, res = arrived.get(timeout=1.0)
+                        break
+                    except queue.Empty:
+                        if batch.done():
+                            batch.result()  # a bug on the loop: raised here
+                        watch.check()
+                if isinstance(res, OSError) and errors == "raise":
+                    failed.append(res)
+                else:
+                    yield i, res
+        finally:  # the whole batch finishes before anything is raised
+            self._wait(batch, counts, "lsio-read")
         if failed:
             raise BatchIOError(f"{len(failed)} of {len(keys)} reads failed", failed)
 
@@ -330,20 +342,28 @@ class ObjectStore(Store):
     # -- the batch -----------------------------------------------------------------------
     def _batch(self, make: Any, label: str = "lsio-read") -> None:
         """Run the requests ``make(counts)`` returns, all at once; record what they did."""
+        self._wait(*self._start(make), label)
+
+    def _start(self, make: Any) -> tuple[Any, Counts]:
         counts = Counts()
 
         async def gather() -> None:
             await asyncio.gather(*make(counts))
-        object_client.run(gather())
-        totals = self.totals
-        metrics.record(totals, label, counts.nbytes, "bytes")
-        metrics.record(totals, "lsio-store-requests", counts.requests, "objects")
-        if counts.retries:
-            metrics.record(totals, "lsio-store-retries", counts.retries, "objects")
-        if counts.errors:
-            metrics.record(totals, "lsio-store-errors", counts.errors, "objects")
-        if counts.conflicts:
-            metrics.record(totals, "lsio-store-conflicts", counts.conflicts, "objects")
+        return object_client.submit(gather()), counts
+
+    def _wait(self, batch: Any, counts: Counts, label: str) -> None:
+        """Wait for a batch started by :meth:`_start`, never longer than
+        ``lsio.io-stall-timeout`` without a request finishing (then TimeoutError)."""
+        try:
+            object_client.wait(batch, counts, self.url)
+        finally:
+            totals = self.totals
+            metrics.record(totals, label, counts.nbytes, "bytes")
+            metrics.record(totals, "lsio-store-requests", counts.requests, "objects")
+            for name in ("retries", "errors", "conflicts"):
+                if getattr(counts, name):
+                    metrics.record(totals, f"lsio-store-{name}", getattr(counts, name),
+                                   "objects")
 
     # -- accounting ----------------------------------------------------------------------
     @property
