@@ -13,7 +13,9 @@ connection one queue of (due time, bytes) drained by a single timer, so no conne
 waits for another and the proxy does a few microseconds of work per chunk of up to 256 KiB.
 Back-pressure passes through (a side that cannot write pauses reading the other). It runs in
 a process of its own (:class:`LatencyProxy` starts ``python latency_proxy.py``), so the
-readers' Python threads never share its interpreter.
+readers' Python threads never share its interpreter. Its cost, measured on the 2-core VM:
+~0.2 of a core at 900 requests/s of 40 kB objects; 0.5-0.9 of a core at 350 MB/s of 9 MB
+objects, with no loss of throughput against the server itself (the server is the limit).
 """
 
 from __future__ import annotations
