@@ -10,7 +10,9 @@ size, 128 x 512 x 512 float32 (``--quick``: 64 steps; ``--tiny``: 16):
 (B) the same chunks zstd in shards of 16x512x512: 8 objects of ~9 MB.
 
 They are generated locally once, then put into the bucket (64 puts at once, obstore) and
-read once, so that the server is warm. Latency: this kernel has no ``netem``, so at 20 ms
+read once, so that the server is warm. The server runs on the same cores as the readers: on
+the 2-core VM it takes about one core and answers ~1,000-1,300 requests/s of A's chunks at
+most, which is where the ceiling stands at 0 and at 20 ms alike. Latency: this kernel has no ``netem``, so at 20 ms
 readers connect through a loopback TCP proxy that holds every answer 20 ms
 (``harness/latency_proxy.py``, its own process); at 0 ms they connect to the server itself.
 
@@ -55,8 +57,8 @@ With ``--baseline OTHER`` dask_lsio also runs with the other dask_lsio, as
 
 Run (from the repository root, with dask-lsio and the ``bench`` extra installed)::
 
-    python benchmarks/bench_cloud.py              # full: 5 repeats, ~20 min on 2 cores
-    python benchmarks/bench_cloud.py --quick      # 64 steps, 2 repeats
+    python benchmarks/bench_cloud.py              # full: 5 repeats, ~40 min on 2 cores
+    python benchmarks/bench_cloud.py --quick      # 64 steps, 2 repeats, ~10 min
     python benchmarks/bench_cloud.py --quick --latencies 20 --workloads scan --only A
     python benchmarks/bench_cloud.py --quick --readers dask_lsio,ceiling --baseline ../baseline
 
