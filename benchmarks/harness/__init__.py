@@ -16,7 +16,10 @@ harness does the rest the same way for all of them:
 ``report``     tables, the "done when" ``Check`` lines, run metadata, the JSON file
 ``chart``      the bar chart saved beside the JSON
 ``fio``        fio over a set of files: the IO ceiling of the IO and read benchmarks
-``zarr_data``  the Zarr datasets A, B, C that the read, crops, cluster and write benchmarks use
+``zarr_data``  the Zarr datasets A, B, C that the read, crops, cluster, write and cloud
+               benchmarks use
+``s3_server``  a SeaweedFS S3 server on loopback (the cloud benchmark's), its request counter
+``latency_proxy`` a loopback TCP proxy that delays every answer (latency without netem)
 
 The scripts run as ``python benchmarks/bench_NAME.py``, so this package is importable as
 ``harness`` (the script's folder is first on ``sys.path``).

@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 
 # row keys that say which case a result is (a chart's groups), and the rates it can show
-# (the write benchmark's rows say layout and writer for dataset and reader)
-CASE_KEYS = ("dataset", "layout", "kind", "workload", "cache")
+# (the write benchmark's rows say layout and writer for dataset and reader; the cloud
+# benchmark's latency for cache)
+CASE_KEYS = ("dataset", "layout", "kind", "workload", "cache", "latency")
 RATES = {"gb_per_s": "GB/s", "files_per_s": "files/s", "crops_per_s": "crops/s",
          "examples_per_s": "examples/s", "steps_per_s": "steps/s", "bytes_per_s": "bytes/s"}
 

@@ -7,9 +7,10 @@ import importlib.util
 import shutil
 
 # peer -> how it is found: a Python module, or a program on PATH
-MODULES = {"zarrs": "zarrs", "tensorstore": "tensorstore"}
+MODULES = {"zarrs": "zarrs", "tensorstore": "tensorstore", "s3fs": "s3fs", "obstore": "obstore"}
 PROGRAMS = {"fio": "fio"}
 HOW = {"zarrs": "pip install -e '.[bench]'", "tensorstore": "pip install -e '.[bench]'",
+       "s3fs": "pip install -e '.[bench]'", "obstore": "pip install obstore",
        "fio": "apt-get install fio"}
 
 
