@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import errno
 import contextlib
 import hashlib
 import queue
@@ -143,23 +144,31 @@ class ObjectStore(Store):
         failed: dict[int, OSError] = {}
         arrived: queue.SimpleQueue = queue.SimpleQueue()
 
-        def work() -> None:  # a decode thread: reads as they arrive, until told to stop
-            ctxs: dict[int, int] = {}  # its own hook contexts (one user at a time)
-            while (item := arrived.get()) is not None:
-                i, data = item
-                lo = starts[bisect.bisect_right(starts, i) - 1]
-                ctx = ctxs.get(lo)
-                if ctx is None:
-                    ctx = ctxs[lo] = hook.context(lo)
-                n = len(memoryview(data))
-                code = hook.call(ctx, i - lo, hooks.address(data) if n else 0, n)
-                if code:
-                    failed[i] = io_error(code, owners[i][0].name(owners[i][1]), "decode")
+        def decode(i: int, data: Any, ctxs: dict[int, int]) -> None:
+            lo = starts[bisect.bisect_right(starts, i) - 1]
+            ctx = ctxs.get(lo)
+            if ctx is None:  # each thread its own contexts (one user at a time)
+                ctx = ctxs[lo] = hook.context(lo)
+            n = len(memoryview(data))
+            code = hook.call(ctx, i - lo, hooks.address(data) if n else 0, n)
+            if code:
+                failed[i] = io_error(code, owners[i][0].name(owners[i][1]), "decode")
 
-        def on_read(i: int, res: Any) -> None:  # on the event loop: hand over, never wait
+        def work() -> None:  # a decode thread: large reads as they arrive, until told to stop
+            ctxs: dict[int, int] = {}
+            while (item := arrived.get()) is not None:
+                decode(*item, ctxs)
+
+        on_loop: dict[int, int] = {}  # the event loop thread's contexts
+
+        def on_read(i: int, res: Any) -> None:  # on the event loop: never waits
             if isinstance(res, OSError):
                 failed[i] = res
-            else:
+            elif len(memoryview(res)) <= _DECODE_ON_LOOP:
+                # a small read costs more to hand to a decode thread (a wake-up, the GIL
+                # passed twice) than to decode here, with the GIL released
+                decode(i, res, on_loop)
+            else:  # large ones are decoded on decode threads, several at once
                 arrived.put((i, res))
 
         decoders = [self.decode_pool.submit(work)
@@ -210,6 +219,25 @@ class ObjectStore(Store):
             options["if_match"] = seen.etag
         store, path, name = self._client, self._head + key, self.name(key)
         what = "GET" + _describe(off, n)
+        whole = off == 0 and n < 0
+        if self._versions is None and not verify and off >= 0 and not (
+                whole and self.target.root in _NO_RANGES):
+            try:  # no version to learn or check: the bytes alone, in one hop (below)
+                data = await object_client.request(
+                    lambda: obstore.get_range_async(store, path, start=off,
+                                                    end=off + n if n >= 0 else _TO_THE_END),
+                    name, what, counts)
+            except OSError as e:
+                # an empty object has no byte 0 (416); a plain HTTP server may serve no
+                # ranges (EINVAL): whole objects are then read as below
+                if not whole or not (getattr(e, "status", None) == 416
+                                     or e.errno == errno.EINVAL):
+                    raise
+                if e.errno == errno.EINVAL:
+                    _NO_RANGES.add(self.target.root)
+            else:
+                counts.nbytes += len(data)
+                return data
 
         async def fetch() -> tuple[Any, dict]:
             result = await obstore.get_async(store, path, options=options)
@@ -441,6 +469,18 @@ class _HeldReader(ObjectStore):
 
     __eq__ = object.__eq__  # one hold's reader is not another's
     __hash__ = object.__hash__
+
+
+# Reads to the end of an object of unknown size are ranged reads to here (servers return
+# what there is, RFC 9110): a ranged read is one request and one hop to the event loop,
+# where a plain GET is two (the response, then its body): 0.39 s of CPU against 0.63 s for
+# the 1,024 objects of the cloud benchmark's dataset A (SeaweedFS, loopback).
+_TO_THE_END = 1 << 53
+# Reads up to this size are decoded on the event loop's thread as they arrive (the cloud
+# benchmark's A, 1,024 chunks of 40 kB at 0 ms: 0.49 s of client CPU against 0.535 s when
+# each went to a decode thread); larger ones go to the decode threads, in parallel.
+_DECODE_ON_LOOP = 256 << 10
+_NO_RANGES: set[str] = set()  # servers that refused a ranged read (plain HTTP ones)
 
 
 def _rebuild(target: Target) -> ObjectStore:
