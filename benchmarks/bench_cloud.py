@@ -31,7 +31,7 @@ own stack (clients and connections exist before the clock starts):
 ``dask_lsio``     ``dask_lsio.from_zarr("s3://...", storage_options=...)``, ``.sum()``
                   on the threaded scheduler; ``RandomCrops("s3://...", (8, 64, 64), 32)``;
                   ``dask_lsio.to_zarr``; ``lsio.strict`` on, ``lsio.store.concurrency``
-                  ``--concurrency`` (64)
+                  ``--concurrency`` (128, its default)
 ``dask``          ``dask.array.from_zarr`` / ``to_zarr`` over s3fs (zarr's FsspecStore),
                   default chunks (one task per 1x128x128 chunk), threaded scheduler
 ``zarr-obstore``  zarr-python, default settings, on ``zarr.storage.ObjectStore`` (obstore):
@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     p.add_argument("--only", choices=["A", "B"], help="one dataset only")
     p.add_argument("--batches", type=int, default=None, help="timed crop batches per run")
-    p.add_argument("--concurrency", type=int, default=64,
+    p.add_argument("--concurrency", type=int, default=128,
                    help="requests in flight: dask_lsio's lsio.store.concurrency, the ceiling's")
     args = cli.parse(p, argv)
     args.latencies = [float(x) for x in args.latencies.split(",") if x.strip()]

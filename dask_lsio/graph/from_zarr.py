@@ -88,10 +88,11 @@ def block_chunks(spec: ArraySpec, chunks: Any = None) -> tuple[tuple[int, ...], 
     """dask chunks for ``spec``: the caller's, or whole grid cells of about chunk-size."""
     shape = spec.shape
     if chunks is None:
-        # about array.chunk-size, but small enough for two blocks per core: a task decodes on
-        # its own thread, so an array of fewer blocks than cores would leave cores idle
+        # about array.chunk-size, but small enough for two blocks per core (the store says:
+        # object stores one): a task decodes on its own thread, so an array of fewer blocks
+        # than cores would leave cores idle
         total = int(np.prod(shape)) * spec.dtype.itemsize
-        per_core = total // (2 * (os.cpu_count() or 1))
+        per_core = total // (spec.store.blocks_per_core * (os.cpu_count() or 1))
         limit = min(parse_bytes(dask.config.get("array.chunk-size")), max(per_core, 1))
         return normalize_chunks(default_block(spec, limit), shape, dtype=spec.dtype)
     out = normalize_chunks(chunks, shape, dtype=spec.dtype, previous_chunks=spec.grid)

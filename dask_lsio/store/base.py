@@ -61,6 +61,9 @@ class Store(ABC):
 
     description: StoreDescription
     url: str
+    # from_zarr's default blocks per core: two balance local reads (a task decodes on its
+    # own thread); see ObjectStore for why object stores want one
+    blocks_per_core: int = 2
     # a hold's reader whose versions its caller chose: a read that meets another version
     # fails back to that caller (which holds again), rather than being retried in place
     versions_fixed: bool = False

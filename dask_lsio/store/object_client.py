@@ -50,6 +50,8 @@ class Counts:
     nbytes: int = 0
     statuses: dict[int, int] = field(default_factory=dict)
     policy: RetryPolicy = field(default_factory=lambda: RetryPolicy.from_config())
+    # the process's limit of requests in flight (looked up once per batch, not per request)
+    limit: asyncio.Semaphore = field(default_factory=lambda: loop().limit)
 
 
 @dataclass(frozen=True)
@@ -230,13 +232,12 @@ async def request(fn: Callable[[], Awaitable[Any]], name: str, what: str,
     """
     import obstore.exceptions as oe
 
-    state = loop()
     policy = counts.policy
     t0 = time.monotonic()
     tries = 0
     while True:
         tries += 1
-        async with state.limit:
+        async with counts.limit:
             counts.requests += 1
             try:
                 result = await fn()
