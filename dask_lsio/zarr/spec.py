@@ -111,14 +111,16 @@ def open_array(url: Any, component: str | None = None,
     store = open_store(url, storage_options)
     if component:
         store = store.child(component.strip("/"))
-    what = found_at(store)
-    if what != "an array":
-        raise ArrayNotFoundError(f"no Zarr array at {store.url!r} (found {what} there)")
     try:
         arr = zarr.open_array(store=store.zarr_target, mode="r")
     except zarr.errors.NodeTypeValidationError as e:  # a v3 group's zarr.json
         raise ArrayNotFoundError(f"no Zarr array at {store.url!r} (found a group there)") from e
-    except Exception as e:  # zarr raises several types for broken metadata
+    except Exception as e:  # zarr raises several types; what is there tells them apart
+        # (asked only now: on an object store each question costs a round trip)
+        what = found_at(store)
+        if what != "an array":
+            raise ArrayNotFoundError(f"no Zarr array at {store.url!r} (found {what} there)"
+                                     ) from None
         raise LSIOError(f"unreadable Zarr metadata at {store.url!r}: {type(e).__name__}: {e}"
                         ) from e
     return store, arr
