@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -130,6 +130,22 @@ class Store(ABC):
         one, never a torn one); return the bytes written per item. Raises
         ``BatchIOError`` holding an OSError per failed item; no partial object remains."""
 
+    # write units a writer encodes before it starts putting them (start_put): 0, all at
+    # once; object stores put each group while the next is encoded
+    write_group: int = 0
+
+    def start_put(self, items: Sequence[tuple[str, Any]],
+                  expect: Mapping[str, Any] | None = None) -> PutStarted:
+        """Start :meth:`put` (``expect``: as object stores' ``put`` takes it); the returned
+        handle's ``result()`` gives what ``put`` returns, or raises what it raises. Stores
+        whose writes take round trips keep them in flight while the caller goes on; the
+        others write here and now."""
+        try:
+            sizes = self.put(items, expect=expect) if expect else self.put(items)
+        except Exception as e:  # noqa: BLE001  (raised by result(), as put would)
+            return PutStarted(None, e)
+        return PutStarted(lambda: sizes)
+
     @abstractmethod
     def delete(self, keys: Sequence[str]) -> None:
         """Remove objects; a missing one is not an error."""
@@ -197,6 +213,20 @@ class Store(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.url!r}>"
+
+
+class PutStarted:
+    """A started :meth:`Store.start_put`: ``result()`` waits for it and returns the bytes
+    written per item, or raises its error."""
+
+    def __init__(self, wait: Callable[[], list[int]] | None,
+                 error: BaseException | None = None) -> None:
+        self._wait, self._error = wait, error
+
+    def result(self) -> list[int]:
+        if self._error is not None:
+            raise self._error
+        return self._wait()
 
 
 class Held(ABC):

@@ -28,7 +28,7 @@ from ..errors import BatchIOError
 from ..io.hooks import ReadHook
 from ..metrics import Totals
 from . import object_client, object_reads
-from .base import ABSENT, Errors, Held, KeysOf, Store, StoreDescription
+from .base import ABSENT, Errors, Held, KeysOf, PutStarted, Store, StoreDescription
 from .object_client import Counts
 from .object_options import Target, parse
 from .object_reads import Version
@@ -157,11 +157,18 @@ class ObjectStore(Store):
         yield _HeldVersions(self, list(keys), versions)
 
     # -- writes --------------------------------------------------------------------------
+    # encode-then-put in groups: a group's PUTs are in flight while the next is encoded
+    write_group = 64
+
     def put(self, items: Sequence[tuple[str, Any]],
             expect: Mapping[str, Any] | None = None) -> list[int]:
         """Write each ``(key, data)`` as one PUT. ``expect``: key -> the :class:`Version` it
         must still be at (If-Match), or ``ABSENT`` (it must not exist: If-None-Match);
         otherwise a :class:`~dask_lsio.VersionConflictError` for that item."""
+        return self.start_put(items, expect).result()
+
+    def start_put(self, items: Sequence[tuple[str, Any]],
+                  expect: Mapping[str, Any] | None = None) -> PutStarted:
         import obstore
 
         sizes = [len(memoryview(d).cast("B")) for _, d in items]
@@ -186,10 +193,14 @@ class ObjectStore(Store):
                 else:
                     counts.nbytes += len(memoryview(data).cast("B"))
             return [one(k, d) for k, d in items]
-        self.run_batch(make, "lsio-write")
-        if failed:
-            raise BatchIOError(f"{len(failed)} of {len(items)} writes failed", failed)
-        return sizes
+        batch, counts = self.start_batch(make)
+
+        def wait() -> list[int]:
+            self.finish_batch(batch, counts, "lsio-write")
+            if failed:
+                raise BatchIOError(f"{len(failed)} of {len(items)} writes failed", failed)
+            return sizes
+        return PutStarted(wait)
 
     def delete(self, keys: Sequence[str]) -> None:
         import obstore

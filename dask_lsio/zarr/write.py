@@ -67,21 +67,33 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
         unit = _padded(spec, values[tuple(slice(a, a + k) for a, k in zip(d, c))])
         encoded[i] = _encode_unit(spec, unit, write_empty_chunks)
 
-    with metrics.timed(store.totals, "lsio-encode"):
-        _decode.run(((i,) for i in range(len(units))), encode, threads, store.decode_pool)
-    writes, deletes = [], []
-    for (p, _, _), data in zip(units, encoded):
-        if data is None:  # all fill_value: no object, and none left from an earlier write
-            deletes.append(spec.key(p))
-        else:
-            writes.append((spec.key(p), data))
+    # in groups where the store says so: a group's writes are in flight (object stores)
+    # while the next is encoded
+    group = store.write_group or max(1, len(units))
+    started, deletes = [], []
+    for lo in range(0, len(units), group):
+        hi = min(lo + group, len(units))
+        with metrics.timed(store.totals, "lsio-encode"):
+            _decode.run(((i,) for i in range(lo, hi)), encode, threads, store.decode_pool)
+        writes = []
+        for (p, _, _), data in zip(units[lo:hi], encoded[lo:hi]):
+            if data is None:  # all fill_value: no object, and none left from an earlier one
+                deletes.append(spec.key(p))
+            else:
+                writes.append((spec.key(p), data))
+        for i in range(lo, hi):
+            encoded[i] = None  # (the started write holds what it needs)
+        if writes:
+            started.append(store.start_put(writes, expect))
     with metrics.timed(store.totals, "lsio-write"):
-        if not writes:
-            written = 0
-        elif expect:
-            written = sum(store.put(writes, expect=expect))
-        else:
-            written = sum(store.put(writes))
+        written, failed = 0, []
+        for s in started:  # every write ends before anything is raised
+            try:
+                written += sum(s.result())
+            except BatchIOError as e:
+                failed.extend(e.exceptions)
+        if failed:
+            raise BatchIOError(f"{len(failed)} writes failed", failed)
         if deletes:
             store.delete(deletes)
     return written
