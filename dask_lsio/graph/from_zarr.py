@@ -51,7 +51,7 @@ def from_zarr(
         or messages. For stores dask-lsio does not read itself, passed to zarr-python.
     chunks : optional
         Block shape. Default: whole multiples of the shard (or chunk) shape of about
-        ``array.chunk-size`` bytes, and at least two blocks per core where the array allows. Blocks that split a shard or chunk work, but read it
+        ``array.chunk-size`` bytes, and at least two blocks per core where the array allows (one on object stores). Blocks that split a shard or chunk work, but read it
         more than once (a PerformanceWarning says so).
     name : str, optional
         Name of the dask array (default: from a token of the array and blocks).

@@ -76,7 +76,8 @@ def _blocks(array: Any, axis: int, storage_options: dict | None = None
         store, arr = open_array(array, storage_options=storage_options)
         spec = spec_from_array(store, arr)
     except UnsupportedCodecError:  # what we do not read ourselves: from_zarr's fallback
-        return _blocks(from_zarr(array, storage_options=storage_options), axis)  # (with its warning; lsio.strict raises)
+        # (with its warning; lsio.strict raises)
+        return _blocks(from_zarr(array, storage_options=storage_options), axis)
     axis = _axis(axis, len(spec.shape))
     return array, spec, _slices(_steps(spec, axis))
 
