@@ -54,7 +54,7 @@ class ObjectStore(Store):
 
     # A task's batch ends with a tail of fewer requests in flight than allowed, about a round
     # trip long; every wave of tasks pays one. One block per core halves the waves of small
-    # arrays: 0.785 s against 0.94 s to scan 64 MiB in 1,024 objects at 20 ms.
+    # arrays (64 MiB in 1,024 objects at 20 ms, 2 cores: 4 blocks 0.94 s, 1 block 0.785 s).
     blocks_per_core = 1
 
     def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None, *,
