@@ -313,3 +313,55 @@ def test_a_hung_server_ends_in_a_timeout_not_a_hang(faulty_s3):
         assert faulty_s3.url in str(info.value)
     finally:
         faulty_s3.proxy.delay = 0
+
+
+def test_memory_stays_bounded_under_a_slow_server(faulty_s3):
+    """A read through a server that holds every answer: the requests in flight are bounded
+    by ``lsio.store.concurrency`` and each response is decoded as it arrives, so the peak
+    memory of the reading process grows by the output and little more (measured in a
+    subprocess: its peak RSS against the output's size)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    values = np.random.default_rng(9).random((64, 256, 256)).astype("f4")  # 16 MiB
+    z = zarr.create_array(faulty_s3.zarr_store("slow"), shape=values.shape, dtype="f4",
+                          chunks=(1, 256, 256), compressors=None)
+    z[...] = values
+    faulty_s3.proxy.delay = 0.05
+    code = textwrap.dedent(f"""
+        import os, threading, time, dask, numpy as np, dask_lsio
+        dask.config.set({{"scheduler": "synchronous", "lsio.store.concurrency": 8}})
+        so = {faulty_s3.storage_options!r}
+        url = {faulty_s3.url + '/slow'!r}
+        x = dask_lsio.from_zarr(url, storage_options=so, chunks=(64, 256, 256))
+        x[:1].compute()  # the engine, the client and their pools exist before we measure
+        page = os.sysconf("SC_PAGE_SIZE")
+        def rss():
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * page
+        peak, done = [rss()], threading.Event()
+        def sample():  # the resident set every 2 ms while the read runs
+            while not done.is_set():
+                peak.append(rss())
+                time.sleep(0.002)
+        before = rss()
+        t = threading.Thread(target=sample)
+        t.start()
+        total = float(x.sum(dtype="f8").compute())
+        done.set()
+        t.join()
+        print(total, max(peak) - before)
+    """)
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        faulty_s3.proxy.delay = 0
+    assert out.returncode == 0, out.stderr[-2000:]
+    total, grown = out.stdout.split()
+    assert np.isclose(float(total), values.sum(dtype="f8"))
+    # the 16 MiB output, and at most a few MiB of responses in flight besides it
+    # the 16 MiB output and a few MiB besides (measured ~4.6): every response held until
+    # the end would add its 16 MiB
+    assert int(grown) < values.nbytes + (10 << 20), f"peak RSS grew {int(grown) >> 20} MiB"
