@@ -77,7 +77,7 @@ from pathlib import Path
 from cloud_peers import Task, run_task
 from cloud_runs import BUCKET, Cell, endpoint_at, latency_label, run_cell, upload
 from harness import args as cli
-from harness.peers import missing
+from harness.peers import installed
 from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Unavailable,
                             finish, fmt, print_table, rel, run_meta)
 from harness.results import Result, check_values, find, lookup, ratio, versus_baseline
@@ -228,19 +228,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def available(readers: list[str], skipped: dict[str, str]) -> list[str]:
-    """``readers`` whose packages are installed; the others noted as skipped."""
-    out = []
-    for r in readers:
-        why = missing("obstore") or missing(NEEDS.get(r, "obstore"))
-        if why:
-            print(f"note: {r}: {why}: its rows are skipped")
-            skipped[r] = why
-        else:
-            out.append(r)
-    return out
-
-
 def make_cells(args: argparse.Namespace, datasets: dict, readers: list[str],
                baseline: Side | None, metrics: str) -> list[Cell]:
     """The (dataset, workload) cells to run at every latency, with their tasks."""
@@ -278,7 +265,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     started = time.perf_counter()
     skipped: dict[str, str] = {}
-    readers = available(args.readers, skipped)
+    # every reader needs obstore (the upload, the checks), some also their own package
+    readers = installed(args.readers, skipped,
+                        {r: ["obstore", NEEDS.get(r, "obstore")] for r in args.readers})
     baseline = resolve_baseline(args.baseline) if args.baseline else None
     specs = make_specs(STEPS[args.size])
     needed = {d for wl in args.workloads for d in RUNS[wl][1]} & set(args.only or "AB")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+from typing import Mapping, Sequence
 
 # peer -> how it is found: a Python module, or a program on PATH
 MODULES = {"zarrs": "zarrs", "tensorstore": "tensorstore", "s3fs": "s3fs", "obstore": "obstore"}
@@ -23,14 +24,18 @@ def missing(peer: str) -> str:
     return ""
 
 
-def installed(names: list[str], skipped: dict[str, str]) -> list[str]:
+def installed(names: list[str], skipped: dict[str, str],
+              needs: Mapping[str, Sequence[str]] | None = None) -> list[str]:
     """``names`` without the peers that are not installed; each of those is noted (printed,
-    and recorded in ``skipped`` for the JSON file)."""
+    and recorded in ``skipped`` for the JSON file). ``needs``: name -> the peers (packages)
+    it runs on, where those are not the name itself (a reader on s3fs)."""
     out = []
     for name in names:
-        why = missing(name)
+        peers = (needs or {}).get(name, [name])
+        why = next((w for w in map(missing, peers) if w), "")
         if why:
-            print(f"note: {why}: its rows are skipped")
+            print(f"note: {why}: its rows are skipped" if list(peers) == [name]
+                  else f"note: {name}: {why}: its rows are skipped")
             skipped[name] = why
         else:
             out.append(name)
