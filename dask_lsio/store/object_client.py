@@ -48,7 +48,6 @@ class Counts:
     errors: int = 0
     conflicts: int = 0
     nbytes: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)
     policy: RetryPolicy = field(default_factory=lambda: RetryPolicy.from_config())
     # the process's limit of requests in flight (looked up once per batch, not per request)
     limit: asyncio.Semaphore = field(default_factory=lambda: loop().limit)
@@ -246,9 +245,6 @@ async def request(fn: Callable[[], Awaitable[Any]], name: str, what: str,
             else:
                 counts.finished += 1
                 return result
-        status = getattr(failure, "status", None)
-        if status is not None:
-            counts.statuses[status] = counts.statuses.get(status, 0) + 1
         elapsed = time.monotonic() - t0
         if not getattr(failure, "transient", False) or tries > policy.retries \
                 or elapsed >= policy.budget:
