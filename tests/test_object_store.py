@@ -365,3 +365,18 @@ def test_memory_stays_bounded_under_a_slow_server(faulty_s3):
     # the 16 MiB output and a few MiB besides (measured ~4.6): every response held until
     # the end would add its 16 MiB
     assert int(grown) < values.nbytes + (10 << 20), f"peak RSS grew {int(grown) >> 20} MiB"
+
+
+def test_large_reads_are_decoded_on_decode_threads(s3):
+    """Reads over 256 KiB (here coalesced shard ranges of 4 MiB) are handed to decode
+    threads, small ones decoded on the event loop: both equal zarr-python's reading."""
+    values = np.random.default_rng(4).random((8, 512, 256)).astype("f4")
+    root = zarr.open_group(store=s3.zarr_store(), mode="a")
+    big = root.create_array("big", shape=values.shape, dtype="f4", chunks=(1, 256, 256),
+                            shards=(8, 512, 256), compressors=None)
+    big[...] = values
+    small = root.create_array("small", shape=values.shape, dtype="f4", chunks=(1, 64, 64))
+    small[...] = values
+    for name in ("big", "small"):
+        got = dask_lsio.from_zarr(f"{s3.url}/{name}", storage_options=s3.storage_options)
+        np.testing.assert_array_equal(got.compute(), values)

@@ -116,9 +116,11 @@ def get_hooked(store: ObjectStore, owners: Owners, offsets: np.ndarray, lengths:
             decode(i, res, on_loop)
         else:  # large ones are decoded on decode threads, several at once
             arrived.put((i, res))
+            if len(decoders) < most:  # started with the first ones: a batch of small
+                decoders.append(store.decode_pool.submit(work))  # reads holds no thread
 
-    decoders = [store.decode_pool.submit(work)
-                for _ in range(max(1, min(store.decode_threads, len(owners))))]
+    decoders: list = []  # (appended on the event loop; read here once the batch is over)
+    most = max(1, min(store.decode_threads, len(owners)))
     try:
         store.run_batch(reads(owners, offsets, lengths, on_read))
     finally:  # the decoders finish what arrived, then stop; a bug in one is raised
