@@ -6,7 +6,7 @@ from . import config  # noqa: F401  (loads the lsio defaults into dask.config)
 from .errors import (ArrayNotFoundError, BatchIOError, ChunkDecodeError, EngineUnavailableError,
                      LSIOError, UnsupportedCodecError, UnsupportedStoreError,
                      VersionConflictError)
-from .graph import from_zarr, open_zarr, to_zarr
+from .graph import Rechunked, RechunkStage, from_zarr, open_zarr, rechunk, to_zarr
 from .io import ReadRequest, get_engine
 from .loader import RandomCrops, iter_blocks
 from . import pipeline  # noqa: F401  (registers LSIOCodecPipeline with zarr-python)
@@ -40,6 +40,8 @@ __all__ = [
     "LSIOWorkerPlugin",
     "RandomCrops",
     "ReadRequest",
+    "RechunkStage",
+    "Rechunked",
     "TorchCrops",
     "UnsupportedCodecError",
     "UnsupportedStoreError",
@@ -50,5 +52,6 @@ __all__ = [
     "get_engine",
     "iter_blocks",
     "open_zarr",
+    "rechunk",
     "to_zarr",
 ]

@@ -131,7 +131,7 @@ def test_sharded_region_read_in_pieces_of_few_open_files(tmp_path, monkeypatch, 
     for region in [(slice(0, 6), slice(0, 10), slice(0, 9)), (slice(1, 5), slice(3, 9), slice(2, 8))]:
         got = read.read_region(spec, region)
         np.testing.assert_array_equal(got, values[region])
-        pieces = list(read._pieces(region, spec.grid, limit))
+        pieces = list(read.pieces(region, spec.grid, limit))
         cells = [np.prod([(p.stop - 1) // g - p.start // g + 1 for p, g in zip(piece, spec.grid)])
                  for piece in pieces]
         assert max(cells) <= limit and len(pieces) > 1

@@ -2,8 +2,10 @@
 
 from .from_zarr import from_zarr
 from .open_zarr import open_zarr
+from .rechunk import RechunkStage, Rechunked, rechunk
 from .source import ZarrSource
 from .target import ZarrTarget
 from .to_zarr import to_zarr
 
-__all__ = ["ZarrSource", "ZarrTarget", "from_zarr", "open_zarr", "to_zarr"]
+__all__ = ["RechunkStage", "Rechunked", "ZarrSource", "ZarrTarget", "from_zarr", "open_zarr",
+           "rechunk", "to_zarr"]

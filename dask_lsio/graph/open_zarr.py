@@ -84,10 +84,14 @@ def open_zarr(
         component = f"{group.strip('/')}/{name}" if group else str(name)
         data = from_zarr(base, component=component, chunks=_blocks(chunks, var.dims, var.shape))
         raw[name] = var.copy(data=data)
+    # where it was read from (dask_lsio.rechunk copies a dataset from there)
+    raw.encoding.update(source=base.url, group=group)
     if not decode_cf:
         return raw
-    return xr.decode_cf(raw, mask_and_scale=mask_and_scale, decode_times=decode_times,
-                        concat_characters=concat_characters, decode_coords=decode_coords)
+    ds = xr.decode_cf(raw, mask_and_scale=mask_and_scale, decode_times=decode_times,
+                      concat_characters=concat_characters, decode_coords=decode_coords)
+    ds.encoding.update(raw.encoding)
+    return ds
 
 
 def _zarr_place(store: Any, base: Any, group: str | None) -> tuple[Any, str | None]:

@@ -60,7 +60,7 @@ def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | Non
     indexes = shared_cache(spec) if spec.shard else None
     # a bounded number of shards held at once: large sharded regions are read in pieces
     limit = store.max_held() if spec.shard else math.inf
-    for piece in _pieces(region, spec.grid, limit):
+    for piece in pieces(region, spec.grid, limit):
         target = out[tuple(slice(p.start - r.start, p.stop - r.start)
                            for p, r in zip(piece, region))]
         contiguous = target.flags.c_contiguous  # pieces split along the first axes: views
@@ -74,7 +74,7 @@ def read_region(spec: ArraySpec, region: tuple[slice, ...], engine: Engine | Non
     return out
 
 
-def _pieces(region: tuple[slice, ...], grid: tuple[int, ...],
+def pieces(region: tuple[slice, ...], grid: tuple[int, ...],
             limit: float) -> Iterator[tuple[slice, ...]]:
     """``region`` cut on the grid into pieces of at most ``limit`` cells, along the first
     axes first (so that most pieces are contiguous parts of a C-order output)."""
@@ -88,7 +88,7 @@ def _pieces(region: tuple[slice, ...], grid: tuple[int, ...],
     start = s.start
     while start < s.stop:
         stop = min(s.stop, (start // step + 1) * step)
-        yield from _pieces(region[:axis] + (slice(start, stop),) + region[axis + 1:], grid,
+        yield from pieces(region[:axis] + (slice(start, stop),) + region[axis + 1:], grid,
                            limit)
         start = stop
 
