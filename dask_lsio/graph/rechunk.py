@@ -24,7 +24,7 @@ from dask.highlevelgraph import HighLevelGraph
 from dask.utils import format_bytes, parse_bytes
 
 from ..errors import UnsupportedCodecError
-from ..store import Store, open_store
+from ..store import Store
 from ..zarr.spec import ArraySpec, spec_from_array
 from . import rechunk_arrays as arrays
 from .clients import IN_MEMORY_ON_CLUSTER, out_of_reach
@@ -85,7 +85,7 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
         Where the new array (or group) goes.
     max_mem : int or str
         Bytes (``"1GB"``, ``"256MiB"``) that the rechunk's buffers may use in each worker
-        process, shared by its threads; the process needs :data:`MEMORY_OVERHEAD` more.
+        process, shared by its threads; the process needs ``MEMORY_OVERHEAD`` more.
     temp : str, os.PathLike or zarr store, optional
         Where the intermediate arrays of two-pass plans go (default: ``target`` with
         ``.rechunk-temp`` appended); removed when the run completes.
@@ -113,18 +113,15 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
     if max_mem <= 0:
         raise ValueError(f"max_mem must be positive; got {max_mem}")
     src = arrays.open_source(source, storage_options)
-    out = open_store(target, storage_options)
+    out = arrays.opened(target, storage_options)
     if out_of_reach(src.store) or out_of_reach(out):  # dask's error, as dask raises it
         raise RuntimeError(IN_MEMORY_ON_CLUSTER)
     arrays.check_names(target_chunks, src, "target_chunks")
     arrays.check_names(shards, src, "shards")
     threads = _threads()
-    task_bytes = max_mem // threads
     asked = []
     for path, arr in src.arrays.items():
-        chunks = arrays.shape_for(arr, path, target_chunks, "target_chunks",
-                                  arrays.read_chunks(arr))
-        shard = arrays.shape_for(arr, path, shards, "shards", None)
+        chunks, shard = _layout(arr, path, target_chunks, shards, zarr_format)
         options = arrays.create_options(arr, chunks, shard, compressors, filters, serializer,
                                         zarr_format, target_options)
         unit = shard or chunks
@@ -138,12 +135,42 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
         asked.append((path, arr, options))
     if src.group is not None:
         arrays.create_groups(out, src, zarr_format, overwrite)
+    # one budget per process for all the arrays' tasks
+    gate = hashlib.sha256(json.dumps([src.store.description, out.description, max_mem,
+                                      list(src.arrays)], default=str).encode()).hexdigest()
+    run = _Run(max_mem // threads, max_mem, f"rechunk-{gate[:32]}", temp, target,
+               storage_options)
     jobs = []
     for path, arr, options in asked:
         made, resumed = arrays.create_target(out, path, options, overwrite)
-        jobs.append(_plan_array(src, out, path, arr, made, resumed, task_bytes, max_mem,
-                                temp, target, storage_options))
+        jobs.append(_plan_array(src, out, path, arr, made, resumed, run))
     return Rechunked(src, out, jobs, max_mem, threads)
+
+
+def _layout(arr: zarr.Array, path: str, target_chunks: Any, shards: Any,
+            zarr_format: int | None) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """The target's chunks and shards for ``arr``: as asked; an array (and axes) not named
+    keeps the source's (its shards too, where the target format has them)."""
+    named = arrays.shape_for(arr, path, target_chunks, "target_chunks", None) is not None
+    chunks = arrays.shape_for(arr, path, target_chunks, "target_chunks",
+                              arrays.read_chunks(arr))
+    if arrays.shape_for(arr, path, shards, "shards", None) is not None:
+        return chunks, arrays.shape_for(arr, path, shards, "shards", chunks)
+    keep = not named and (zarr_format or arr.metadata.zarr_format) == 3
+    return chunks, (getattr(arr, "shards", None) if keep else None)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every array of one rechunk shares: the budget of a task and of a process (and
+    its name), where intermediate arrays go."""
+
+    task_bytes: int
+    max_mem: int
+    gate: str
+    temp: Any
+    target: Any
+    storage_options: Any
 
 
 def _smallest_task(arr: zarr.Array, unit: tuple[int, ...]) -> int:
@@ -164,31 +191,31 @@ class _ArrayPlan:
     todo: tuple[tuple[int, ...], ...]
     skipped: tuple[int, ...]
     temp: Store | None
+    temp_base: Store | None  # the default place of intermediate arrays, made for them
 
 
 def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
-                made: zarr.Array, resumed: bool, task_bytes: int, max_mem: int, temp: Any,
-                target: Any, storage_options: Any) -> _ArrayPlan:
+                made: zarr.Array, resumed: bool, run: _Run) -> _ArrayPlan:
     source = _spec(src.store.child(path) if path else src.store, arr)
     final = _spec(out.child(path) if path else out, made)
     item = arr.dtype.itemsize
     read_unit = source.shard.inner if source.shard else source.grid
     unit = unit_bytes(final.grid, arr.shape, item)
-    block_limit = max(unit, task_bytes // 2)
-    rest = max(0, task_bytes - block_limit)
+    block_limit = max(unit, run.task_bytes // 2)
+    rest = max(0, run.task_bytes - block_limit)
     read_cap = max(2 * unit_bytes(read_unit, arr.shape, item), rest // 2)
     write_cap = max(unit, rest - read_cap)
     if arr.size == 0:  # nothing to copy: the metadata is all
-        return _ArrayPlan(path, Route((), None), (), (), (), None)
+        return _ArrayPlan(path, Route((), None), (), (), (), None, None)
     way = route(Grid(arr.shape, item, read_unit), final.grid, block_limit, read_cap // 2)
     token = _token(source, final, way)
     write_empty = bool(made._async_array.config.write_empty_chunks)
-    gate = f"rechunk-{token}"
     specs = [source]
-    temp_store = None
+    temp_store = made_base = None
     if way.middle is not None:
-        base = (open_store(temp, storage_options) if temp is not None
-                else arrays.sibling(target, out, TEMP_SUFFIX, storage_options))
+        base = (arrays.opened(run.temp, run.storage_options) if run.temp is not None
+                else arrays.sibling(run.target, out, TEMP_SUFFIX, run.storage_options))
+        made_base = base if run.temp is None else None
         if out_of_reach(base):
             raise RuntimeError(IN_MEMORY_ON_CLUSTER)
         temp_store = base.child(f"rechunk-{token[:16]}")
@@ -205,7 +232,8 @@ def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
         memory = math.prod(blocks.shape) * item + read_cap + write_cap
         a_read = a.shard.inner if a.shard else a.grid
         jobs.append(CopyJob(a, b, blocks.shape, cells_within(read_cap // 2, a_read, item),
-                            cells_within(write_cap, b.grid, item), memory, gate, max_mem,
+                            cells_within(write_cap, b.grid, item), memory, run.gate,
+                            run.max_mem,
                             write_empty if i == len(way.passes) - 1 else True))
     # a rerun: blocks whose units are all there are done (written atomically, whole)
     done_last = done_blocks(jobs[-1], final.store.list()) if resumed else ()
@@ -221,7 +249,8 @@ def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
         todo.append(tuple(left))
         skipped.append(job.count - len(left))
     final.store.cleanup()  # what writers killed in an earlier run left (temporary objects)
-    return _ArrayPlan(path, way, tuple(jobs), tuple(todo), tuple(skipped), temp_store)
+    return _ArrayPlan(path, way, tuple(jobs), tuple(todo), tuple(skipped), temp_store,
+                      made_base)
 
 
 def _spec(store: Store, arr: zarr.Array) -> ArraySpec:
@@ -278,6 +307,7 @@ class Rechunked:
     # -- what it does ----------------------------------------------------------------------
     @property
     def stages(self) -> tuple[RechunkStage, ...]:
+        """What each pass over each array does (one or two per array)."""
         out = []
         for p in self._plans:
             for job, blocks, todo, skipped in zip(p.jobs, p.route.passes, p.todo, p.skipped):
@@ -298,6 +328,7 @@ class Rechunked:
 
     @property
     def memory_per_task(self) -> int:
+        """The most bytes a task holds (blocks, read buffers, encoded units)."""
         return max((s.memory for s in self.stages), default=0)
 
     def __repr__(self) -> str:
@@ -338,7 +369,7 @@ class Rechunked:
                 last = keys
             if p.temp is not None:
                 end = f"rechunk-temp-{token}-{a}"
-                dsk[end] = (remove_array, p.temp, *last, *after)
+                dsk[end] = (remove_array, p.temp, p.temp_base, *last, *after)
                 ends.append(end)
             else:
                 ends.extend(last)
@@ -372,6 +403,7 @@ class Rechunked:
         return _persisted, (self,)
 
     __dask_scheduler__ = staticmethod(dask.threaded.get)
+    __dask_optimize__ = None  # the tasks are as coarse as they should be
 
 
 def _finish_first(results: Any, plan: Rechunked) -> Any:

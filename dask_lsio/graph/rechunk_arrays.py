@@ -46,7 +46,7 @@ def open_source(source: Any, storage_options: Mapping[str, Any] | None) -> Sourc
         names = {str(n) for n in source.variables}
         group = source.encoding.get("group")
         source = f"{str(where).rstrip('/')}/{group.strip('/')}" if group else where
-    store = open_store(source, storage_options)
+    store = opened(source, storage_options)
     node = _node(store)
     if node is None:
         raise ArrayNotFoundError(f"no Zarr array or group at {store.url!r}")
@@ -251,7 +251,14 @@ def sibling(target: Any, store: Store, suffix: str, storage_options: Any) -> Sto
     """A store next to the target for its intermediate arrays (a new MemoryStore for a
     memory target)."""
     if isinstance(target, str | os.PathLike):
-        return open_store(f"{os.fspath(target).rstrip('/')}{suffix}", storage_options)
+        return opened(f"{os.fspath(target).rstrip('/')}{suffix}", storage_options)
     if store.description.kind == "memory":
         return open_store(zarr.storage.MemoryStore())
-    return open_store(f"{store.url.rstrip('/')}{suffix}", storage_options)
+    return opened(f"{store.url.rstrip('/')}{suffix}", storage_options)
+
+
+def opened(url: Any, storage_options: Mapping[str, Any] | None) -> Store:
+    """The store of ``url``; ``storage_options`` (one set for the source, target and temp)
+    go to those given by an object-store URL only."""
+    remote = isinstance(url, str) and "://" in url and not url.startswith("file://")
+    return open_store(url, storage_options if remote else None)

@@ -5,7 +5,9 @@ per-process memory budget; and what a rerun finds already done.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import shutil
 import threading
 from dataclasses import dataclass
@@ -111,10 +113,14 @@ def _buffer(job: CopyJob, shape: tuple[int, ...]) -> np.ndarray:
     return job.source.store.pool.slab(whole)[:nbytes].view(dtype).reshape(shape)
 
 
-def remove_array(store: Store, *after: object) -> None:
-    """Delete an intermediate array (every object under ``store``) once it has served."""
+def remove_array(store: Store, made: Store | None, *after: object) -> None:
+    """Delete an intermediate array (every object under ``store``) once it has served, and
+    ``made``, the directory made to hold such arrays, once it is empty."""
     if isinstance(store, LocalStore):
         shutil.rmtree(store.root, ignore_errors=True)
+        if isinstance(made, LocalStore):
+            with contextlib.suppress(OSError):  # other arrays' are still there
+                os.rmdir(made.root)
     else:
         store.delete(store.list())
 

@@ -134,13 +134,17 @@ class ChunkCodec:
         stored = tuple(self.shape[i] for i in self.order)
         return arr.reshape(stored).transpose(np.argsort(self.order))
 
-    def encode(self, chunk: np.ndarray) -> bytes:
+    def encode(self, chunk: np.ndarray) -> bytes | memoryview:
         """The stored bytes of ``chunk`` (an array of the chunk shape, logical order): the
-        chain applied forwards, the mirror of :meth:`decode`."""
+        chain applied forwards, the mirror of :meth:`decode`. (Bytes, or a memoryview of a
+        new array when the chain stores the values as they are.)"""
         arr = np.asarray(chunk).astype(self.dtype, copy=False)  # stored byte order
         if self.order is not None:
             arr = arr.transpose(self.order)
         buf: Any = np.ascontiguousarray(arr)
+        if not (self.filters or self.byte_codecs or self.crc32c) and buf is not arr and \
+                buf.base is None:  # stored as it is, a copy of our own: no second copy
+            return memoryview(buf).cast("B")
         for codec in self.filters:
             buf = codec.encode(buf)
         for codec in self.byte_codecs:  # blosc takes its typesize from the typed array
