@@ -14,6 +14,7 @@ from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
 
 import dask_lsio
 from dask_lsio import cli as cli_module
+from dask_lsio import cli_rechunk
 
 
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -222,17 +223,17 @@ def test_rechunk_usage_errors_exit_2(tmp_path, capsys, argv, message):
     ("sub/t2m:1,2", ("sub/t2m", (1, 2))),
 ])
 def test_rechunk_shape_values(text, spec):
-    assert cli_module._shape_arg(text) == spec
+    assert cli_rechunk._shape_arg(text) == spec
 
 
 def test_rechunk_shape_values_combine():
     def error(message):
         raise AssertionError(message)
 
-    values = [cli_module._shape_arg(t) for t in ("t2m:-1,4,4", "y=6", "u10:x=2")]
-    assert cli_module._combine(values, "--chunks", error) == {
+    values = [cli_rechunk._shape_arg(t) for t in ("t2m:-1,4,4", "y=6", "u10:x=2")]
+    assert cli_rechunk._combine(values, "--chunks", error) == {
         "t2m": (-1, 4, 4), "y": 6, "u10": {"x": 2}}
-    assert cli_module._glue_negative_values(["--chunks", "-1,4", "-v", "--shards", "-1"],
+    assert cli_rechunk.glue_negative_values(["--chunks", "-1,4", "-v", "--shards", "-1"],
                                             ("--chunks", "--shards")) == [
         "--chunks=-1,4", "-v", "--shards=-1"]
 
