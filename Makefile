@@ -52,6 +52,7 @@ bench: $(BENCH_STAMP)
 	$(PY) benchmarks/bench_crops.py
 	$(PY) benchmarks/bench_cluster.py
 	$(PY) benchmarks/bench_cloud.py
+	$(PY) benchmarks/bench_rechunk.py
 
 # The documentation in docs/_build/html, warnings as errors (tests/test_docs.py builds it too).
 docs: setup

@@ -25,7 +25,7 @@ EXAMPLES = """examples:
   dask-lsio --version
 """
 
-BENCHMARKS = ("io", "read", "crops", "write", "cluster")
+BENCHMARKS = ("io", "read", "crops", "write", "cluster", "cloud", "rechunk")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -251,3 +251,21 @@ def test_missing_peers_are_skipped_with_a_note(tmp_path, data_dir):
     assert set(report["meta"]["skipped"]) == {"tensorstore", "fio"}
     assert "note: tensorstore is not installed" in stdout
     assert "note: fio not found on PATH" in stdout
+
+
+def test_rechunk(tmp_path, data_dir):
+    # rechunker runs only where its side venv exists (--tiny never creates it: skipped, noted)
+    report, stdout = bench("rechunk", tmp_path, data_dir)
+    rows = rows_ok(report)
+    readers = ["dask_lsio", "dask-tasks", "dask-p2p", "rechunker", "ceiling"]
+    readers = [r for r in readers if r not in report["meta"]["skipped"]]
+    assert {"dask_lsio", "dask-tasks", "ceiling"} <= set(readers)
+    assert set(rows) == ({("chunks", "warm", r) for r in readers}
+                         | {("sharded", "warm", r) for r in readers if r != "rechunker"})
+    for row in rows.values():
+        assert row["bytes"] == 16 * 128 * 128 * 4 and len(row["seconds"]) == 1
+        assert row["peak_rss"] > 0 and row["median_s"] > 0
+    assert set(report["meta"]["plans"]) == {"chunks", "sharded"}  # dask_lsio's, printed
+    assert "dask_lsio's plan for the chunks target" in stdout
+    assert len(report["checks"]) == 7
+    assert not any((data_dir / "rechunk-out").iterdir())  # the targets are deleted

@@ -31,10 +31,11 @@ from .clients import IN_MEMORY_ON_CLUSTER, out_of_reach
 from .rechunk_plan import Grid, Route, route, unit_bytes
 from .rechunk_tasks import CopyJob, cells_within, copy_block, done_blocks, remove_array
 
-# What a process running rechunk tasks holds beyond their budget (max_mem): Python with
-# zarr, dask and numpy imported, the IO engine and its rings, recycled read buffers.
-# Measured by tests/test_rechunk.py (a subprocess's peak RSS); see docs/guide/rechunk.rst.
-MEMORY_OVERHEAD = 256 << 20
+# What a process running rechunk tasks may grow by beyond max_mem, above its RSS once
+# dask_lsio, zarr and dask are imported (~110 MiB): the IO engine's rings and recycled
+# buffers of other sizes, decode scratch, the interpreter's heap. Measured 10-30 MiB
+# (tests/test_rechunk.py, benchmarks/bench_rechunk.py; docs/guide/rechunk.rst); with margin.
+MEMORY_OVERHEAD = 128 << 20
 TEMP_SUFFIX = ".rechunk-temp"
 
 
@@ -201,10 +202,15 @@ def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
     item = arr.dtype.itemsize
     read_unit = source.shard.inner if source.shard else source.grid
     unit = unit_bytes(final.grid, arr.shape, item)
-    block_limit = max(unit, run.task_bytes // 2)
-    rest = max(0, run.task_bytes - block_limit)
-    read_cap = max(2 * unit_bytes(read_unit, arr.shape, item), rest // 2)
-    write_cap = max(unit, rest - read_cap)
+    # a task's budget: a quarter for read buffers (at least a source chunk read and decoded),
+    # a quarter for encoded units (at least one), the rest for its block (at least a unit)
+    task = run.task_bytes
+    read_cap = max(2 * unit_bytes(read_unit, arr.shape, item), task // 4)
+    write_cap = max(unit, task // 4)
+    block_limit = task - read_cap - write_cap
+    if block_limit < unit:  # near the smallest max_mem: one unit, the rest for reads
+        block_limit, write_cap = unit, unit
+        read_cap = max(2 * unit_bytes(read_unit, arr.shape, item), task - 2 * unit)
     if arr.size == 0:  # nothing to copy: the metadata is all
         return _ArrayPlan(path, Route((), None), (), (), (), None, None)
     way = route(Grid(arr.shape, item, read_unit), final.grid, block_limit, read_cap // 2)
