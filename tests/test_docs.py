@@ -47,7 +47,7 @@ def built(tmp_path_factory) -> Path:
 def test_docs_build_without_warnings(built):
     for page in ("index", "architecture", "configuration", "api", "guide/dask",
                  "guide/xarray", "guide/zarr", "guide/loaders", "guide/clusters",
-                 "guide/errors", "guide/cli"):
+                 "guide/errors", "guide/cli", "guide/object_stores", "guide/rechunk"):
         assert (built / f"{page}.html").is_file(), page
 
 
@@ -65,7 +65,8 @@ def test_api_reference_documents_the_public_api(built):
     for name in ("from_zarr", "to_zarr", "open_zarr", "RandomCrops", "TorchCrops",
                  "iter_blocks", "LSIOWorkerPlugin", "get_engine", "ReadRequest",
                  "LSIOError", "BatchIOError", "EngineUnavailableError", "UnsupportedCodecError",
-                 "UnsupportedStoreError", "ChunkDecodeError", "VersionConflictError"):
+                 "UnsupportedStoreError", "ChunkDecodeError", "VersionConflictError",
+                 "rechunk", "Rechunked", "RechunkStage"):
         assert f'id="dask_lsio.{name}"' in page, name
     for name in ("io.Engine.read", "io.Engine.read_iter", "io.Engine.read_into",
                  "io.Engine.write", "io.Engine.delete", "zarr.LSIOCodecPipeline"):
