@@ -18,7 +18,7 @@ blosc-lz4 as the source:
 ``max_mem`` 64 MiB, 2 repeats. ``--tiny`` (the test suite): 16 x 128 x 128 in chunks
 1 x 128 x 128, targets 16 x 16 x 16 (shards 16 x 32 x 32), ``max_mem`` 2 MiB, 1 repeat.
 
-Readers (``rechunk_runs.py``), each writing a new target (and temporary array) per run:
+Readers (``rechunk_peers.py``), each writing a new target (and temporary array) per run:
 
 ``dask_lsio``   ``dask_lsio.rechunk(src, chunks, dst, max_mem, temp=dst + "-temp",
                 shards=...).execute()``: threaded scheduler, defaults, ``lsio.strict`` on
@@ -102,8 +102,9 @@ from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Una
 from harness.results import Result, find, lookup, ratio, versus_baseline
 from harness.sides import report_sides, resolve_baseline, with_twins
 from harness.workers import reason
-from rechunk_runs import (MiB, SIZES, Oracle, Plan, dims, prepare_source, rechunker_python,
-                          run_task, run_variant, size_meta, versions)
+from rechunk_peers import rechunker_python, run_task
+from rechunk_runs import (MiB, SIZES, Oracle, Plan, dims, prepare_source, run_variant, size_meta,
+                          versions)
 
 SCRIPT = Path(__file__).resolve()
 READERS = ["dask_lsio", "dask-tasks", "dask-p2p", "rechunker", "ceiling"]
