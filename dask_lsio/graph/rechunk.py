@@ -3,7 +3,8 @@ bounded memory, in one pass or two, resumable; ``rechunker.rechunk``'s shape.
 
 The planner (:mod:`.rechunk_plan`) sizes blocks; each task (:mod:`.rechunk_tasks`) reads
 a block in batches decoded by the kernel, regroups it in one buffer and writes its whole
-target units; the arrays and their metadata come from :mod:`.rechunk_arrays`.
+target units; the arrays and their metadata come from :mod:`.rechunk_arrays`; the plan as
+a dask collection is :mod:`.rechunked`.
 """
 
 from __future__ import annotations
@@ -13,14 +14,11 @@ import json
 import math
 import os
 import sys
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import dask
-import dask.threaded
 import zarr
-from dask.highlevelgraph import HighLevelGraph
 from dask.utils import format_bytes, parse_bytes
 
 from ..errors import UnsupportedCodecError
@@ -29,7 +27,8 @@ from ..zarr.spec import ArraySpec, spec_from_array
 from . import rechunk_arrays as arrays
 from .clients import IN_MEMORY_ON_CLUSTER, out_of_reach
 from .rechunk_plan import Grid, Route, route, unit_bytes
-from .rechunk_tasks import CopyJob, cells_within, copy_block, done_blocks, remove_array
+from .rechunk_tasks import CopyJob, cells_within, done_blocks
+from .rechunked import ArrayPlan, RechunkStage, Rechunked
 
 # What a process running rechunk tasks may grow by beyond max_mem, above its RSS once
 # dask_lsio, zarr and dask are imported (~110 MiB): the IO engine's rings and recycled
@@ -37,22 +36,6 @@ from .rechunk_tasks import CopyJob, cells_within, copy_block, done_blocks, remov
 # (tests/test_rechunk.py, benchmarks/bench_rechunk.py; docs/guide/rechunk.rst); with margin.
 MEMORY_OVERHEAD = 128 << 20
 TEMP_SUFFIX = ".rechunk-temp"
-
-
-@dataclass(frozen=True)
-class RechunkStage:
-    """One pass over one array: ``tasks`` tasks each copy a block of ``block`` shape from
-    ``source`` into ``target``, holding at most ``memory`` bytes, decoding
-    ``read_amplification`` source bytes per byte copied."""
-
-    array: str
-    source: str
-    target: str
-    block: tuple[int, ...]
-    tasks: int
-    skipped: int
-    memory: int
-    read_amplification: float
 
 
 def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
@@ -181,22 +164,8 @@ def _smallest_task(arr: zarr.Array, unit: tuple[int, ...]) -> int:
     return 2 * unit_bytes(unit, arr.shape, item) + 2 * unit_bytes(arr.chunks, arr.shape, item)
 
 
-@dataclass(frozen=True)
-class _ArrayPlan:
-    """The passes of one array: jobs with the blocks still to copy, and the intermediate
-    array's store (to remove once done) when there are two."""
-
-    path: str
-    route: Route
-    jobs: tuple[CopyJob, ...]
-    todo: tuple[tuple[int, ...], ...]
-    skipped: tuple[int, ...]
-    temp: Store | None
-    temp_base: Store | None  # the default place of intermediate arrays, made for them
-
-
 def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
-                made: zarr.Array, resumed: bool, run: _Run) -> _ArrayPlan:
+                made: zarr.Array, resumed: bool, run: _Run) -> ArrayPlan:
     source = _spec(src.store.child(path) if path else src.store, arr)
     final = _spec(out.child(path) if path else out, made)
     item = arr.dtype.itemsize
@@ -212,7 +181,7 @@ def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
         block_limit, write_cap = unit, unit
         read_cap = max(2 * unit_bytes(read_unit, arr.shape, item), task - 2 * unit)
     if arr.size == 0:  # nothing to copy: the metadata is all
-        return _ArrayPlan(path, Route((), None), (), (), (), None, None)
+        return ArrayPlan(path, Route((), None), (), (), (), None, None)
     way = route(Grid(arr.shape, item, read_unit), final.grid, block_limit, read_cap // 2)
     token = _token(source, final, way)
     write_empty = bool(made._async_array.config.write_empty_chunks)
@@ -255,7 +224,7 @@ def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
         todo.append(tuple(left))
         skipped.append(job.count - len(left))
     final.store.cleanup()  # what writers killed in an earlier run left (temporary objects)
-    return _ArrayPlan(path, way, tuple(jobs), tuple(todo), tuple(skipped), temp_store,
+    return ArrayPlan(path, way, tuple(jobs), tuple(todo), tuple(skipped), temp_store,
                       made_base)
 
 
@@ -286,151 +255,6 @@ def _threads() -> int:
         except ValueError:  # no client
             pass
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-
-
-def _after(*done: object) -> None:
-    """Joins tasks: runs once they all have."""
-
-
-class Rechunked:
-    """A planned rechunk: a dask collection whose tasks copy the blocks.
-
-    ``execute()`` / ``compute()`` runs it and returns the target opened by zarr-python;
-    ``dask.compute(plan)``, ``client.compute(plan)`` and progress bars work as for any
-    dask collection. :attr:`stages` says what each pass does.
-    """
-
-    def __init__(self, src: arrays.Source, out: Store, plans: list[_ArrayPlan], max_mem: int,
-                 threads: int) -> None:
-        self.source, self.target_store, self.max_mem, self.threads = src, out, max_mem, threads
-        self._plans = plans
-        self._group = src.group is not None
-        self._consolidate = self._group and _consolidated(src.group)
-        token = hashlib.sha256(repr([_token_of(p) for p in plans]).encode()).hexdigest()[:16]
-        self._key = f"rechunk-{token}"
-        self._graph = HighLevelGraph.from_collections(self._key, self._tasks(token), ())
-
-    # -- what it does ----------------------------------------------------------------------
-    @property
-    def stages(self) -> tuple[RechunkStage, ...]:
-        """What each pass over each array does (one or two per array)."""
-        out = []
-        for p in self._plans:
-            for job, blocks, todo, skipped in zip(p.jobs, p.route.passes, p.todo, p.skipped):
-                out.append(RechunkStage(p.path, job.source.store.url, job.target.store.url,
-                                        job.block, len(todo), skipped, job.memory,
-                                        blocks.amplification))
-        return tuple(out)
-
-    @property
-    def tasks(self) -> int:
-        """Tasks that copy blocks (those done by an earlier run not counted)."""
-        return sum(s.tasks for s in self.stages)
-
-    @property
-    def skipped(self) -> int:
-        """Blocks found done by an earlier run of the same rechunk."""
-        return sum(s.skipped for s in self.stages)
-
-    @property
-    def memory_per_task(self) -> int:
-        """The most bytes a task holds (blocks, read buffers, encoded units)."""
-        return max((s.memory for s in self.stages), default=0)
-
-    def __repr__(self) -> str:
-        lines = [f"<Rechunked {self.source.store.url} -> {self.target_store.url}: "
-                 f"{len(self.stages)} stage(s), {self.tasks} tasks ({self.skipped} done "
-                 f"before), max_mem {format_bytes(self.max_mem)} over {self.threads} "
-                 f"thread(s), {format_bytes(self.memory_per_task)} per task"]
-        for s in self.stages:
-            lines.append(f"  {s.array or '.'}: {s.source} -> {s.target}: blocks {s.block}, "
-                         f"{s.tasks} tasks, {format_bytes(s.memory)} each, reads "
-                         f"x{s.read_amplification:.2f}")
-        return "\n".join(lines) + ">"
-
-    # -- running it ------------------------------------------------------------------------
-    def execute(self, **compute_kwargs: Any) -> zarr.Array | zarr.Group:
-        """Run the copy (``dask.compute`` with ``compute_kwargs``: ``scheduler=``,
-        ``num_workers=`` ...; the active distributed client if any); return the target."""
-        (result,) = dask.compute(self, **compute_kwargs)
-        return result
-
-    compute = execute
-
-    def _tasks(self, token: str) -> dict:
-        dsk: dict = {}
-        ends = []
-        for a, p in enumerate(self._plans):
-            after: tuple = ()
-            last: list = []
-            for i, (job, todo) in enumerate(zip(p.jobs, p.todo)):
-                name = f"rechunk-copy-{token}-{a}-{i}"
-                keys = [(name, b) for b in todo]
-                for k in keys:
-                    dsk[k] = (copy_block, job, k[1], *after)
-                if i + 1 < len(p.jobs):  # the next pass reads what this one wrote
-                    join = f"rechunk-pass-{token}-{a}-{i}"
-                    dsk[join] = (_after, *keys)
-                    after = (join,)
-                last = keys
-            if p.temp is not None:
-                end = f"rechunk-temp-{token}-{a}"
-                dsk[end] = (remove_array, p.temp, p.temp_base, *last, *after)
-                ends.append(end)
-            else:
-                ends.extend(last)
-        dsk[self._key] = (_after, *ends)
-        return dsk
-
-    def _finish(self, results: Any) -> zarr.Array | zarr.Group:
-        where = self.target_store.zarr_target
-        if self._consolidate:  # as the source was (xarray opens such groups faster)
-            with warnings.catch_warnings():  # (v3: that the spec has no such thing yet)
-                warnings.filterwarnings("ignore", "Consolidated metadata", UserWarning)
-                zarr.consolidate_metadata(where)
-        return zarr.open(store=where, mode="r")
-
-    def __dask_graph__(self) -> HighLevelGraph:
-        return self._graph
-
-    def __dask_keys__(self) -> list:
-        return [self._key]
-
-    def __dask_layers__(self) -> tuple[str, ...]:
-        return (self._key,)
-
-    def __dask_tokenize__(self) -> str:
-        return self._key
-
-    def __dask_postcompute__(self) -> tuple:
-        return _finish_first, (self,)
-
-    def __dask_postpersist__(self) -> tuple:
-        return _persisted, (self,)
-
-    __dask_scheduler__ = staticmethod(dask.threaded.get)
-    __dask_optimize__ = None  # the tasks are as coarse as they should be
-
-
-def _finish_first(results: Any, plan: Rechunked) -> Any:
-    return plan._finish(results)
-
-
-def _persisted(dsk: Any, plan: Rechunked, rename: Any = None) -> Rechunked:
-    """The plan after ``persist``: its graph is the computed keys."""
-    new = object.__new__(Rechunked)
-    new.__dict__.update(plan.__dict__)
-    new._graph = dsk if isinstance(dsk, HighLevelGraph) else HighLevelGraph.from_collections(
-        plan._key, dict(dsk), ())
-    return new
-
-
-def _consolidated(group: zarr.Group) -> bool:
-    return getattr(group.metadata, "consolidated_metadata", None) is not None
-
-
-def _token_of(p: _ArrayPlan) -> Any:
-    return [p.path, [j.gate for j in p.jobs], p.todo]
 
 
 __all__ = ["MEMORY_OVERHEAD", "RechunkStage", "Rechunked", "rechunk"]
