@@ -388,6 +388,16 @@ def test_missing_source(tmp_path):
     assert not os.path.exists(tmp_path / "dst")
 
 
+def test_codec_it_cannot_copy_is_refused_before_anything_is_written(tmp_path):
+    """A source (or target) dask-lsio does not encode itself (variable-length strings)
+    raises UnsupportedCodecError naming the array, and leaves no target behind."""
+    src = zarr.create_array(tmp_path / "names", shape=(4,), chunks=(2,), dtype=str)
+    src[...] = np.array(["a", "b", "c", "d"])
+    with pytest.raises(dask_lsio.UnsupportedCodecError, match="names"):
+        dask_lsio.rechunk(tmp_path / "names", (4,), tmp_path / "dst", "64MiB")
+    assert not os.path.exists(tmp_path / "dst")
+
+
 def test_existing_target(time_space, tmp_path):
     src, z, values = time_space
     dst = tmp_path / "dst"

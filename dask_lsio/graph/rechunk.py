@@ -116,6 +116,10 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
                 f"{src.store.url if not path else path!r} into units of {unit}: each of "
                 f"{threads} threads needs a unit, its encoded copy and a source chunk read "
                 f"and decoded; the smallest that works is {format_bytes(need)} ({need} bytes)")
+        # what dask-lsio cannot copy itself is refused before anything is written
+        _spec(src.store.child(path) if path else src.store, arr)
+        probe = zarr.create_array(store=zarr.storage.MemoryStore(), **options)
+        _spec(out.child(path) if path else out, probe)
         asked.append((path, arr, options))
     if src.group is not None:
         arrays.create_groups(out, src, zarr_format, overwrite)
@@ -232,8 +236,9 @@ def _spec(store: Store, arr: zarr.Array) -> ArraySpec:
     try:
         return spec_from_array(store, arr)
     except UnsupportedCodecError as e:
-        raise UnsupportedCodecError(f"{e}: dask_lsio.rechunk reads and writes only arrays "
-                                    "it decodes itself") from e
+        e.add_note("dask_lsio.rechunk copies only arrays whose codecs and dtype dask-lsio "
+                   "decodes and encodes itself")
+        raise
 
 
 def _token(source: ArraySpec, final: ArraySpec, way: Route) -> str:
