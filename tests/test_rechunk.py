@@ -599,7 +599,8 @@ print(json.dumps({"base": base, "peak": status("VmHWM"), "stages": len(plan.stag
                     reason="needs /proc/self/clear_refs to reset the peak RSS")
 def test_peak_memory_within_max_mem(tmp_path):
     """A 64 MiB rechunk with max_mem 32 MiB, in a subprocess: its peak RSS grows by at most
-    max_mem + the stated overhead above its RSS after imports and planning."""
+    max_mem + the stated overhead above its RSS after imports and planning, and by less than
+    the array."""
     import importlib
 
     try:
@@ -624,6 +625,9 @@ def test_peak_memory_within_max_mem(tmp_path):
           f"{report['tasks']} tasks of {report['memory_per_task'] / MiB:.2f} MiB; base RSS "
           f"{report['base'] / MiB:.0f} MiB)\n{report['plan']}")
     assert growth <= max_mem + overhead, f"peak RSS grew {growth / MiB:.0f} MiB"
+    # the documented bound has room; what the copy holds is far less than the array (a copy
+    # that held all 64 MiB at once would fail here; measured: 41 MiB)
+    assert growth < math.prod(shape) * 4 - 8 * MiB, f"peak RSS grew {growth / MiB:.0f} MiB"
     got = zarr.open_array(tmp_path / "dst")
     assert got.chunks == (256, 16, 16)
     for i in range(0, 256, 64):
