@@ -83,7 +83,7 @@ from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Una
 from harness.results import Result, check_values, find, lookup, ratio, versus_baseline
 from harness.s3_server import SeaweedS3
 from harness.sides import Side, report_sides, resolve_baseline, split_reader, with_twins
-from harness.workers import reason
+from harness.workers import answer_once
 from harness.zarr_data import make_specs, prepare_datasets
 
 SCRIPT = Path(__file__).resolve()
@@ -257,12 +257,7 @@ def make_cells(args: argparse.Namespace, datasets: dict, readers: list[str],
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        try:
-            out = run_task(json.loads(args.worker))
-        except Exception as e:  # noqa: BLE001  (any failure makes the row "not available")
-            out = {"error": reason(e)}
-        print(json.dumps(out))
-        return
+        return answer_once(args.worker, run_task)
     started = time.perf_counter()
     skipped: dict[str, str] = {}
     # every reader needs obstore (the upload, the checks), some also their own package

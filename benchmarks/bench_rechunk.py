@@ -91,7 +91,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import time
 import warnings
 from pathlib import Path
@@ -101,7 +100,7 @@ from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Una
                             finish, fmt, print_table, rel, run_meta)
 from harness.results import Result, find, lookup, ratio, versus_baseline
 from harness.sides import report_sides, resolve_baseline, with_twins
-from harness.workers import reason
+from harness.workers import answer_once
 from rechunk_peers import rechunker_python, run_task
 from rechunk_runs import (MiB, SIZES, Oracle, Plan, dims, prepare_source, run_variant, size_meta,
                           versions)
@@ -277,12 +276,7 @@ def available(args: argparse.Namespace, skipped: dict[str, str]) -> tuple[list[s
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.worker:
-        try:
-            out = run_task(json.loads(args.worker))
-        except Exception as e:  # noqa: BLE001  (any failure makes the row "not available")
-            out = {"error": reason(e)}
-        print(json.dumps(out))
-        return
+        return answer_once(args.worker, run_task)
     started = time.perf_counter()
     warnings.filterwarnings("ignore", category=FutureWarning)
     skipped: dict[str, str] = {}

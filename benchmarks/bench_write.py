@@ -77,9 +77,9 @@ from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Una
 from harness.results import Result, Run, lookup, versus, versus_baseline
 from harness.sides import Side, report_sides, resolve_baseline, split_reader, with_twins
 from harness.workers import Worker, reason, serve, start_all
-from write_writers import (BLOCK, LAYOUTS, Layout, make_data, one_run, stored_objects,
-                           versions, worker_setup, write_zarr)
-from harness.zarr_data import CHUNK, SHARD
+from write_writers import (BLOCK, LAYOUTS, Layout, make_data, one_run, versions,
+                           worker_setup, write_zarr)
+from harness.zarr_data import CHUNK, SHARD, stored_objects
 
 SCRIPT = Path(__file__).resolve()
 WRITERS = ["dask_lsio", "dask", "zarr", "zarrs", "tensorstore", "encode-only", "plain-write",

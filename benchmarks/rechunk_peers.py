@@ -23,7 +23,7 @@ import numpy as np
 
 from harness.cache import drop_caches
 from harness.memory import peak_rss_kib, reset_peak_rss, rss_kib, touch_memory
-from harness.zarr_data import object_paths
+from harness.zarr_data import object_paths, stored_objects
 
 RECHUNKER = "0.5.4"
 # the rechunker side venv: pinned to what works on Python 3.11 (zarr<3 needs numcodecs<0.16)
@@ -79,16 +79,6 @@ def blosc_lz4() -> Any:
     from zarr.codecs import BloscCodec
 
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
-
-
-def stored_objects(root: Path) -> list[tuple[str, bytes]]:
-    """Every object under an array directory, as (relative path, bytes)."""
-    out = []
-    for d, _, files in os.walk(root):
-        for f in files:
-            full = os.path.join(d, f)
-            out.append((os.path.relpath(full, root), Path(full).read_bytes()))
-    return out
 
 
 def warm_up_threads() -> None:

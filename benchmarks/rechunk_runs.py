@@ -23,8 +23,8 @@ from harness.cache import preread_trees
 from harness.results import Result, Run
 from harness.sides import CURRENT, Side, split_reader
 from harness.workers import reason, run_once
-from harness.zarr_data import DATA_SEED, make_slab, object_paths
-from rechunk_peers import RECHUNKER_SCRIPT, blosc_lz4, stored_objects
+from harness.zarr_data import DATA_SEED, make_slab, object_paths, stored_objects
+from rechunk_peers import RECHUNKER_SCRIPT, blosc_lz4
 
 MiB = 2**20
 SOURCE_VERSION = 1  # of the source's manifest

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from harness.zarr_data import CHUNK, SHARD, make_slab
+from harness.zarr_data import CHUNK, SHARD, make_slab, stored_objects
 
 BLOCK = 64  # axis-0 size of the dask blocks
 
@@ -128,16 +128,6 @@ def encode_only(data: np.ndarray, layout: Layout) -> None:
 
     with ThreadPoolExecutor(len(steps)) as ex:
         list(ex.map(work, steps))
-
-
-def stored_objects(root: Path) -> list[tuple[str, bytes]]:
-    """Every object under an array directory, as (relative path, bytes)."""
-    out = []
-    for d, _, files in os.walk(root):
-        for f in files:
-            full = os.path.join(d, f)
-            out.append((os.path.relpath(full, root), Path(full).read_bytes()))
-    return out
 
 
 def plain_write(objects: list[tuple[str, bytes]], path: Path) -> None:

@@ -123,6 +123,16 @@ def serve(setup: Callable[[], tuple[Handler, dict]]) -> None:
         close()
 
 
+def answer_once(task: str, run_task: Callable[[dict], dict]) -> None:
+    """The worker side of :func:`run_once`: run the JSON ``task`` and print its result (or
+    ``{"error": ...}``: any failure makes the row "not available") as a line of JSON."""
+    try:
+        out = run_task(json.loads(task))
+    except Exception as e:  # noqa: BLE001
+        out = {"error": reason(e)}
+    print(json.dumps(out))
+
+
 def run_once(script: Path, task: dict, side: Side = CURRENT) -> dict:
     """Run ``task`` in a fresh process (``script --worker JSON``, which prints its result as
     the last line of JSON); a failure becomes ``{"error": ...}``."""

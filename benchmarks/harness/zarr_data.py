@@ -247,3 +247,13 @@ def _generate(specs: list[Spec], data_dir: Path) -> None:
     for s in specs:
         manifest = {"spec": asdict(s), "sum": total}
         (data_dir / s.dirname / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def stored_objects(root: Path) -> list[tuple[str, bytes]]:
+    """Every object under an array directory, as (relative path, bytes)."""
+    out = []
+    for d, _, files in os.walk(root):
+        for f in files:
+            full = os.path.join(d, f)
+            out.append((os.path.relpath(full, root), Path(full).read_bytes()))
+    return out
