@@ -117,10 +117,10 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
                 f"{threads} threads needs a unit, its encoded copy and a source chunk read "
                 f"and decoded; the smallest that works is {format_bytes(need)} ({need} bytes)")
         # what dask-lsio cannot copy itself is refused before anything is written
-        _spec(src.store.child(path) if path else src.store, arr)
+        source = _spec(src.store.child(path) if path else src.store, arr)
         probe = zarr.create_array(store=zarr.storage.MemoryStore(), **options)
         _spec(out.child(path) if path else out, probe)
-        asked.append((path, arr, options))
+        asked.append((path, arr, options, source))
     if src.group is not None:
         arrays.create_groups(out, src, zarr_format, overwrite)
     # one budget per process for all the arrays' tasks
@@ -129,9 +129,9 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
     run = _Run(max_mem // threads, max_mem, f"rechunk-{gate[:32]}", temp, target,
                storage_options)
     jobs = []
-    for path, arr, options in asked:
+    for path, arr, options, source in asked:
         made, resumed = arrays.create_target(out, path, options, overwrite)
-        jobs.append(_plan_array(src, out, path, arr, made, resumed, run))
+        jobs.append(_plan_array(source, out, path, arr, made, resumed, run))
     return Rechunked(src, out, jobs, max_mem, threads)
 
 
@@ -168,9 +168,8 @@ def _smallest_task(arr: zarr.Array, unit: tuple[int, ...]) -> int:
     return 2 * unit_bytes(unit, arr.shape, item) + 2 * unit_bytes(arr.chunks, arr.shape, item)
 
 
-def _plan_array(src: arrays.Source, out: Store, path: str, arr: zarr.Array,
+def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
                 made: zarr.Array, resumed: bool, run: _Run) -> ArrayPlan:
-    source = _spec(src.store.child(path) if path else src.store, arr)
     final = _spec(out.child(path) if path else out, made)
     item = arr.dtype.itemsize
     read_unit = source.shard.inner if source.shard else source.grid
