@@ -249,3 +249,49 @@ def test_without_the_kernel_numcodecs_decodes(tmp_path):
     assert "values ok" in out.stdout
     # said once, loudly, on first use (the build record here says built: so it cannot load)
     assert out.stderr.count("C decode kernel was built but cannot be loaded") == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_gather_equals_numpy_copy(data):
+    """The kernel's strided copy (encoders' input) gives numpy's values for any view:
+    steps, negative steps, length-1 and empty axes, every item size."""
+    ndim = data.draw(st.integers(0, 4))
+    dtype = data.draw(st.sampled_from(["u1", "<i2", "<f4", "<f8", "<c16", "V3"]))
+    shape = tuple(data.draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim)))
+    base = np.frombuffer(np.random.default_rng(0).bytes(int(np.prod(shape)) *
+                                                         np.dtype(dtype).itemsize),
+                         dtype).reshape(shape)
+    view = base[tuple(slice(data.draw(st.integers(0, n - 1)), None,
+                            data.draw(st.sampled_from([1, 1, 2, 3, -1])))
+                      for n in shape)]
+    out = np.empty(view.shape, view.dtype)
+    assert _kernel.gather(view, out)
+    assert out.tobytes() == np.ascontiguousarray(view).tobytes()
+
+
+def test_gather_refuses_what_does_not_suit_it():
+    a = np.arange(24, dtype="f4").reshape(4, 6)
+    assert not _kernel.gather(a, np.empty((6, 4), "f4"))  # another shape
+    assert not _kernel.gather(a, np.empty((4, 6), "f8"))  # another dtype
+    assert not _kernel.gather(a, np.empty((6, 4), "f4").T)  # not C order
+    assert _kernel.gather(a[:, :0], np.empty((4, 0), "f4"))  # nothing to copy
+
+
+def test_encode_of_views_equals_encode_of_copies():
+    """Encoding stages strided chunks in a reused buffer: each output is its own chunk's
+    (nothing of an earlier chunk, no output sharing the buffer)."""
+    from dask_lsio.zarr.codecs import v3_chain
+
+    block = np.random.default_rng(3).normal(size=(8, 32, 32)).astype("f4")
+    codecs = [{"name": "bytes", "configuration": {"endian": "little"}},
+              {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5,
+                                                  "shuffle": "shuffle", "typesize": 4,
+                                                  "blocksize": 0}}]
+    chain = v3_chain(codecs, (8, 8, 8), np.dtype("f4"))
+    outs = [chain.encode(block[:, i:i + 8, j:j + 8])
+            for i in range(0, 32, 8) for j in range(0, 32, 8)]
+    want = [chain.encode(np.ascontiguousarray(block[:, i:i + 8, j:j + 8]))
+            for i in range(0, 32, 8) for j in range(0, 32, 8)]
+    assert [bytes(o) for o in outs] == [bytes(w) for w in want]
+    np.testing.assert_array_equal(chain.decode(outs[5], "c"), block[:, 8:16, 8:16])

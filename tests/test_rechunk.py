@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -221,6 +222,43 @@ def test_time_to_space_through_an_intermediate_array(maps, tmp_path):
     assert len(plan.stages) == 1 and plan.stages[0].read_amplification == 1
     plan.execute()
     check_target(zarr.open_array(tmp_path / "dst3"), z, values, (128, 16, 16))
+
+
+@pytest.mark.parametrize("name, codec", [("lz4", "blosc"), ("none", None), ("zstd", "zstd")])
+def test_intermediate_compressor(maps, tmp_path, name, codec):
+    """lsio.rechunk.temp-compressor: the intermediate array's codec (blosc-lz4 by
+    default)."""
+    src, z, values = maps
+    dst = str(tmp_path / "dst")
+    with dask.config.set({"lsio.rechunk.temp-compressor": name}):
+        plan = dask_lsio.rechunk(src, (128, 16, 16), dst, 2 << 20)
+        assert len(plan.stages) == 2, plan
+        (middle,) = [p for p in os.listdir(dst + ".rechunk-temp")]
+        meta = json.loads((Path(dst + ".rechunk-temp") / middle / "zarr.json").read_text())
+        names = [c["name"] for c in meta["codecs"]]
+        assert names == ["bytes"] + ([codec] if codec else []), names
+        plan.execute()
+    check_target(zarr.open_array(dst), z, values, (128, 16, 16))
+    assert not os.path.exists(dst + ".rechunk-temp")
+
+
+def test_another_intermediate_compressor_another_intermediate(maps, tmp_path):
+    """A rerun after the compressor changed plans a new intermediate array, not the old one
+    with other metadata (which would refuse it)."""
+    dst = str(tmp_path / "dst")
+    with dask.config.set({"lsio.rechunk.temp-compressor": "none"}):
+        dask_lsio.rechunk(maps[0], (128, 16, 16), dst, 2 << 20)
+    with dask.config.set({"lsio.rechunk.temp-compressor": "lz4"}):
+        plan = dask_lsio.rechunk(maps[0], (128, 16, 16), dst, 2 << 20)
+    assert len(os.listdir(dst + ".rechunk-temp")) == 2
+    plan.execute()
+    check_target(zarr.open_array(dst), maps[1], maps[2], (128, 16, 16))
+
+
+def test_unknown_intermediate_compressor(maps, tmp_path):
+    with dask.config.set({"lsio.rechunk.temp-compressor": "snappy"}), \
+            pytest.raises(ValueError, match="unknown compressor 'snappy'"):
+        dask_lsio.rechunk(maps[0], (128, 16, 16), tmp_path / "dst", 2 << 20)
 
 
 def test_v2_gzip_to_sharded_v3_zstd(tmp_path):

@@ -183,8 +183,43 @@ def test_totals_on_the_workers_metrics_page(data_path, loopback_cluster):
     assert "dask_lsio_seconds_total" in page
 
 
+def test_keep_freed_on_glibc():
+    """Rechunk tasks' malloc thresholds: set once per process, then freed memory is reused
+    (a 2 MiB block freed and taken again faults no page), and malloc_trim gives it back."""
+    import subprocess
+    import sys
+
+    code = (
+        "import ctypes, resource\n"
+        "from dask_lsio.io import malloc\n"
+        "assert malloc.keep_freed(None, 1 << 28) is False\n"
+        "assert malloc.keep_freed(32 << 20, 256 << 20) is True\n"
+        "assert malloc.keep_freed(32 << 20, 256 << 20) is True\n"
+        "libc = ctypes.CDLL('libc.so.6')\n"
+        "libc.malloc.restype = ctypes.c_void_p\n"
+        "libc.free.argtypes = [ctypes.c_void_p]\n"
+        "def touch():\n"
+        "    p = libc.malloc(2 << 20)\n"
+        "    ctypes.memset(p, 1, 2 << 20)\n"
+        "    libc.free(p)\n"
+        "touch()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "for _ in range(20): touch()\n"
+        "faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+        "assert faults < 100, faults\n"
+        "assert malloc.trim() is True\n"
+        "print('ok')\n"
+    )
+    if not (os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or
+            os.path.exists("/lib64/libc.so.6")):
+        pytest.skip("not glibc")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
 def test_mmap_threshold_is_set_on_glibc():
-    from dask_lsio.worker_plugin._malloc import set_mmap_threshold
+    from dask_lsio.io.malloc import set_mmap_threshold
 
     assert set_mmap_threshold(None) is False
     if os.path.exists("/lib/x86_64-linux-gnu/libc.so.6") or os.path.exists("/lib64/libc.so.6"):

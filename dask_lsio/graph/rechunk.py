@@ -21,6 +21,7 @@ import dask
 import zarr
 from dask.utils import format_bytes, parse_bytes
 
+from .. import config
 from ..errors import UnsupportedCodecError
 from ..store import Store
 from ..zarr.spec import ArraySpec, spec_from_array
@@ -127,7 +128,7 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
     gate = hashlib.sha256(json.dumps([src.store.description, out.description, max_mem,
                                       list(src.arrays)], default=str).encode()).hexdigest()
     run = _Run(max_mem // threads, max_mem, f"rechunk-{gate[:32]}", temp, target,
-               storage_options)
+               storage_options, config.get("rechunk.temp-compressor"), _malloc_thresholds())
     jobs = []
     for path, arr, options, source in asked:
         made, resumed = arrays.create_target(out, path, options, overwrite)
@@ -159,6 +160,8 @@ class _Run:
     temp: Any
     target: Any
     storage_options: Any
+    temp_compressor: Any  # lsio.rechunk.temp-compressor
+    malloc: tuple[int, int] | None  # lsio.rechunk.mmap-threshold, trim-threshold
 
 
 def _smallest_task(arr: zarr.Array, unit: tuple[int, ...]) -> int:
@@ -186,7 +189,7 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
     if arr.size == 0:  # nothing to copy: the metadata is all
         return ArrayPlan(path, Route((), None), (), (), (), None, None)
     way = route(Grid(arr.shape, item, read_unit), final.grid, block_limit, read_cap // 2)
-    token = _token(source, final, way)
+    token = _token(source, final, way, run.temp_compressor)
     write_empty = bool(made._async_array.config.write_empty_chunks)
     specs = [source]
     temp_store = made_base = None
@@ -197,10 +200,10 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
         if out_of_reach(base):
             raise RuntimeError(IN_MEMORY_ON_CLUSTER)
         temp_store = base.child(f"rechunk-{token[:16]}")
-        compress = "lz4" if temp_store.description.kind not in ("file", "memory") else "none"
         middle_opts = {"shape": arr.shape, "dtype": arr.dtype, "chunks": way.middle,
                        "fill_value": arr.metadata.fill_value, "zarr_format": 3,
-                       "compressors": arrays.named_compressor(compress, 3), "filters": None}
+                       "compressors": arrays.named_compressor(_temp_compressor(run, way, item), 3),
+                       "filters": None}
         mid, _ = arrays.create_target(temp_store, path, middle_opts, overwrite=False)
         specs.append(_spec(temp_store.child(path) if path else temp_store, mid))
     specs.append(final)
@@ -212,7 +215,7 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
         jobs.append(CopyJob(a, b, blocks.shape, cells_within(read_cap // 2, a_read, item),
                             cells_within(write_cap, b.grid, item), memory, run.gate,
                             run.max_mem,
-                            write_empty if i == len(way.passes) - 1 else True))
+                            write_empty if i == len(way.passes) - 1 else True, run.malloc))
     # a rerun: blocks whose units are all there are done (written atomically, whole)
     done_last = done_blocks(jobs[-1], final.store.list()) if resumed else ()
     all_done = len(done_last) == jobs[-1].count
@@ -240,12 +243,29 @@ def _spec(store: Store, arr: zarr.Array) -> ArraySpec:
         raise
 
 
-def _token(source: ArraySpec, final: ArraySpec, way: Route) -> str:
+def _token(source: ArraySpec, final: ArraySpec, way: Route, temp_compressor: Any) -> str:
     """Names a rechunk by what it copies, so that a rerun finds its intermediate arrays."""
     what = [source.store.description, final.store.description, source.shape,
             str(source.dtype), source.grid, final.grid, way.middle,
-            [p.shape for p in way.passes]]
+            [p.shape for p in way.passes], temp_compressor]
     return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:32]
+
+
+def _temp_compressor(run: _Run, way: Route, itemsize: int) -> Any:
+    """The intermediate array's compressor: ``lsio.rechunk.temp-compressor``, but none for
+    chunks beyond c-blosc's limit (2 GiB) where it names a blosc one."""
+    blosc = run.temp_compressor in ("lz4", "blosc-zstd")
+    if blosc and math.prod(way.middle) * itemsize > 2**31 - 2**20:
+        return "none"
+    return run.temp_compressor
+
+
+def _malloc_thresholds() -> tuple[int, int] | None:
+    """``lsio.rechunk.mmap-threshold`` and ``trim-threshold`` in bytes (None: either null)."""
+    if config.get("rechunk.mmap-threshold") is None or \
+            config.get("rechunk.trim-threshold") is None:
+        return None
+    return config.get_bytes("rechunk.mmap-threshold"), config.get_bytes("rechunk.trim-threshold")
 
 
 def _threads() -> int:

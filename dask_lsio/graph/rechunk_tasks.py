@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..io import malloc
 from ..store import LocalStore, Store
 from ..zarr.read import pieces, read_region
 from ..zarr.spec import ArraySpec
@@ -42,6 +43,9 @@ class CopyJob:
         That budget, in bytes.
     write_empty : bool
         Write units that hold only fill_value (intermediate arrays: presence means done).
+    malloc : (int, int) or None
+        glibc's mmap and trim thresholds for the processes the tasks run in
+        (:func:`dask_lsio.io.malloc.keep_freed`); None leaves malloc alone.
     """
 
     source: ArraySpec
@@ -53,6 +57,7 @@ class CopyJob:
     gate: str
     max_mem: int
     write_empty: bool
+    malloc: tuple[int, int] | None = None
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -72,7 +77,8 @@ class CopyJob:
 
     def __dask_tokenize__(self) -> tuple:
         return (type(self).__name__, self.source, self.target, self.block, self.read_cells,
-                self.write_cells, self.memory, self.gate, self.max_mem, self.write_empty)
+                self.write_cells, self.memory, self.gate, self.max_mem, self.write_empty,
+                self.malloc)
 
 
 def copy_block(job: CopyJob, index: int, *after: object) -> int:
@@ -85,6 +91,8 @@ def copy_block(job: CopyJob, index: int, *after: object) -> int:
     """
     region = job.region(index)
     shape = tuple(s.stop - s.start for s in region)
+    if job.malloc is not None:  # codecs' per-chunk temporaries: reused, not refaulted
+        malloc.keep_freed(*job.malloc)
     with budget(job.gate, job.max_mem).held(job.memory):
         values = _buffer(job, shape)
         read_grid = job.source.shard.inner if job.source.shard else job.source.grid

@@ -18,7 +18,7 @@ from .. import config
 from ..io import Engine
 from ..io import new_engine, register_lookup
 from . import prometheus
-from ._malloc import set_mmap_threshold
+from ..io.malloc import set_mmap_threshold
 
 
 PLUGIN_NAME = "dask-lsio"  # the plugin's name in ``worker.plugins``

@@ -50,5 +50,10 @@ uint32_t lsio_kernel_codecs(void);
 void lsio_kernel_set_zlib_step(int64_t step);
 int64_t lsio_kernel_zstd_contexts(void);
 
+/* Copy the strided array at src (ndim dims of `shape`, byte `strides`) into dst in C order
+ * (an encoder's contiguous input). Returns 0, or -1 for invalid dimensions (nothing copied). */
+int lsio_kernel_gather(const char *src, int32_t ndim, const int64_t *shape,
+                       const int64_t *strides, int64_t itemsize, char *dst);
+
 /* The hook for hooked read batches: ctx is a lsio_kplan. Returns 0 or 1 (see job_err). */
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n);

@@ -141,10 +141,14 @@ class ChunkCodec:
         arr = np.asarray(chunk).astype(self.dtype, copy=False)  # stored byte order
         if self.order is not None:
             arr = arr.transpose(self.order)
-        buf: Any = np.ascontiguousarray(arr)
-        if not (self.filters or self.byte_codecs or self.crc32c) and buf is not arr and \
-                buf.base is None:  # stored as it is, a copy of our own: no second copy
-            return memoryview(buf).cast("B")
+        if self.filters or self.byte_codecs:
+            # the codecs copy what they keep: a strided chunk is staged in this thread's
+            # recycled buffer (a fresh one per chunk costs a page fault per page)
+            buf: Any = arr if arr.flags.c_contiguous else _staged(arr)
+        else:
+            buf = np.ascontiguousarray(arr)
+            if buf is not arr and buf.base is None and not self.crc32c:
+                return memoryview(buf).cast("B")  # stored as it is, our own copy: no second
         for codec in self.filters:
             buf = codec.encode(buf)
         for codec in self.byte_codecs:  # blosc takes its typesize from the typed array
@@ -177,6 +181,20 @@ def _scratch(nbytes: int) -> np.ndarray:
     if buf is None or buf.nbytes != nbytes:
         buf = _local.buf = np.empty(nbytes, dtype=np.uint8)
     return buf
+
+
+def _staged(arr: np.ndarray) -> np.ndarray:
+    """``arr`` copied into this thread's reusable encode buffer (C order), valid until the
+    thread's next call: for codecs, whose output never shares the input's memory."""
+    buf = getattr(_local, "enc", None)
+    if buf is None or buf.nbytes < arr.nbytes:
+        buf = _local.enc = np.empty(arr.nbytes, dtype=np.uint8)
+    out = buf[:arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    from ._kernel import gather  # (the kernel's module imports this one)
+
+    if not gather(arr, out):
+        out[...] = arr
+    return out
 
 
 # numcodecs decoders that, given ``out``, fill all of it or raise: blosc once its header
