@@ -28,7 +28,7 @@ from ..zarr.spec import ArraySpec, spec_from_array
 from . import rechunk_arrays as arrays
 from .clients import IN_MEMORY_ON_CLUSTER, out_of_reach
 from .rechunk_plan import Grid, Route, route, unit_bytes
-from .rechunk_tasks import CopyJob, cells_within, done_blocks
+from .rechunk_tasks import CopyJob, cells_within, consumed_keys, done_blocks
 from .rechunked import ArrayPlan, RechunkStage, Rechunked
 
 # What a process running rechunk tasks may grow by beyond max_mem, above its RSS once
@@ -215,7 +215,8 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
         jobs.append(CopyJob(a, b, blocks.shape, cells_within(read_cap // 2, a_read, item),
                             cells_within(write_cap, b.grid, item), memory, run.gate,
                             run.max_mem,
-                            write_empty if i == len(way.passes) - 1 else True, run.malloc))
+                            write_empty if i == len(way.passes) - 1 else True, run.malloc,
+                            consume=i > 0))
     # a rerun: blocks whose units are all there are done (written atomically, whole)
     done_last = done_blocks(jobs[-1], final.store.list()) if resumed else ()
     all_done = len(done_last) == jobs[-1].count
@@ -225,7 +226,10 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
         elif all_done:
             done = range(job.count)
         else:
-            done = done_blocks(job, job.target.store.list())
+            present = job.target.store.list()
+            if i + 1 == len(jobs) - 1 and jobs[-1].consume:  # what done blocks deleted
+                present += consumed_keys(jobs[-1], list(done_last))
+            done = done_blocks(job, present)
         left = sorted(set(range(job.count)) - set(int(d) for d in done))
         todo.append(tuple(left))
         skipped.append(job.count - len(left))

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..io import malloc
 from ..store import LocalStore, Store
+from ..zarr.plan import region_cells
 from ..zarr.read import pieces, read_region
 from ..zarr.spec import ArraySpec
 from ..zarr.write import write_region
@@ -46,6 +47,12 @@ class CopyJob:
     malloc : (int, int) or None
         glibc's mmap and trim thresholds for the processes the tasks run in
         (:func:`dask_lsio.io.malloc.keep_freed`); None leaves malloc alone.
+    consume : bool
+        ``source`` is an intermediate array read by its last pass: once a block's target
+        units are written, the source units inside the block are deleted (no other block
+        reads them). Their space is free again before the pass ends, and on our VM the
+        target's writes then reuse the page cache they held instead of fresh memory (a
+        1 GiB copy: 2.2-2.4 s instead of 2.9-4.1).
     """
 
     source: ArraySpec
@@ -58,6 +65,7 @@ class CopyJob:
     max_mem: int
     write_empty: bool
     malloc: tuple[int, int] | None = None
+    consume: bool = False
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -78,7 +86,7 @@ class CopyJob:
     def __dask_tokenize__(self) -> tuple:
         return (type(self).__name__, self.source, self.target, self.block, self.read_cells,
                 self.write_cells, self.memory, self.gate, self.max_mem, self.write_empty,
-                self.malloc)
+                self.malloc, self.consume)
 
 
 def copy_block(job: CopyJob, index: int, *after: object) -> int:
@@ -107,7 +115,9 @@ def copy_block(job: CopyJob, index: int, *after: object) -> int:
         for piece in pieces(region, job.target.grid, job.write_cells):
             written += write_region(job.target, piece, values[_within(piece, region)],
                                     write_empty_chunks=job.write_empty)
-        return written
+    if job.consume:  # after every write: a block killed before this is redone whole
+        job.source.store.delete(consumed_keys(job, [index]))
+    return written
 
 
 def _buffer(job: CopyJob, shape: tuple[int, ...]) -> np.ndarray:
@@ -119,6 +129,19 @@ def _buffer(job: CopyJob, shape: tuple[int, ...]) -> np.ndarray:
     whole = math.prod(job.block) * dtype.itemsize
     nbytes = math.prod(shape) * dtype.itemsize
     return job.source.store.pool.slab(whole)[:nbytes].view(dtype).reshape(shape)
+
+
+def consumed_keys(job: CopyJob, blocks: list[int]) -> list[str]:
+    """The keys of the source units that lie wholly inside the blocks ``blocks`` of
+    ``job`` (read by those blocks only): what a consuming job deletes once they are done."""
+    keys: list[str] = []
+    grid = np.array(job.source.grid, np.int64)
+    shape = np.array(job.source.shape, np.int64)
+    for index in blocks:
+        cells = region_cells(job.region(int(index)), job.source.grid)
+        whole = (cells.count == np.minimum(grid, shape - cells.pos * grid)).all(axis=1)
+        keys += job.source.keys(cells.pos[whole])
+    return keys
 
 
 def remove_array(store: Store, made: Store | None, *after: object) -> None:
