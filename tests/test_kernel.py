@@ -295,3 +295,29 @@ def test_encode_of_views_equals_encode_of_copies():
             for i in range(0, 32, 8) for j in range(0, 32, 8)]
     assert [bytes(o) for o in outs] == [bytes(w) for w in want]
     np.testing.assert_array_equal(chain.decode(outs[5], "c"), block[:, 8:16, 8:16])
+
+
+@pytest.mark.parametrize("dtype", ["u1", "<i2", "<f4", "<f8", "V3"])
+@pytest.mark.parametrize("cname", ["lz4", "lz4hc", "blosclz", "zstd", "zlib"])
+def test_blosc_encode_equals_numcodecs(dtype, cname):
+    """The kernel's c-blosc encodes as numcodecs' Blosc does, byte for byte (every shuffle,
+    AUTOSHUFFLE resolved by the item size as numcodecs does), and decodes back."""
+    rng = np.random.default_rng(1)
+    arr = (np.frombuffer(rng.bytes(3000 * 7), "V3") if dtype == "V3"
+           else (rng.normal(size=(70, 30)) * 50).astype(dtype))
+    for shuffle in (-1, 0, 1, 2):
+        for blocksize in (0, 4096):
+            codec = numcodecs.Blosc(cname, 5, shuffle, blocksize)
+            got = _kernel.encode_blosc(arr, codec)
+            assert got is not None
+            assert bytes(got) == codec.encode(arr)
+            assert bytes(codec.decode(bytes(got))) == arr.tobytes()
+
+
+def test_blosc_encode_refuses_what_c_blosc_refuses():
+    """What c-blosc would refuse goes to numcodecs (None here), never a wrong frame."""
+    arr = np.arange(100, dtype="f4")
+    assert _kernel.encode_blosc(arr, numcodecs.Blosc("snappy", 5, 1)) is None  # not built
+    assert _kernel.encode_blosc(arr[::2], numcodecs.Blosc("lz4", 5, 1)) is None  # strided
+    empty = _kernel.encode_blosc(arr[:0], numcodecs.Blosc("lz4", 5, 1))
+    assert bytes(empty) == numcodecs.Blosc("lz4", 5, 1).encode(arr[:0])

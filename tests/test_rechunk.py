@@ -261,6 +261,29 @@ def test_unknown_intermediate_compressor(maps, tmp_path):
         dask_lsio.rechunk(maps[0], (128, 16, 16), tmp_path / "dst", 2 << 20)
 
 
+def test_intermediate_chunks_not_deleted_is_only_a_warning(maps, tmp_path, monkeypatch, caplog):
+    """The second stage deletes the intermediate chunks it has read; a deletion that fails
+    (here: refused by the file system, injected) leaves a warning, not a failed copy, and
+    the intermediate array still goes at the end."""
+    from dask_lsio.store import LocalStore
+
+    src, z, values = maps
+    dst = str(tmp_path / "dst")
+    real = LocalStore.delete
+
+    def refusing(self, keys):
+        if ".rechunk-temp" in self.root and keys:
+            raise PermissionError(13, "injected: permission denied", keys[0])
+        return real(self, keys)
+
+    monkeypatch.setattr(LocalStore, "delete", refusing)
+    with caplog.at_level("WARNING", logger="dask_lsio"):
+        dask_lsio.rechunk(src, (128, 16, 16), dst, 2 << 20).execute()
+    check_target(zarr.open_array(dst), z, values, (128, 16, 16))
+    assert "could not delete intermediate chunks" in caplog.text
+    assert not os.path.exists(dst + ".rechunk-temp")
+
+
 def test_v2_gzip_to_sharded_v3_zstd(tmp_path):
     values = np.random.default_rng(1).integers(-999, 999, (40, 30, 20)).astype("int16")
     values[:10] = -1  # write units of fill_value only: not stored

@@ -6,6 +6,7 @@ per-process memory budget; and what a rerun finds already done.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import BatchIOError
 from ..io import malloc
 from ..store import LocalStore, Store
 from ..zarr.plan import region_cells
@@ -89,6 +91,9 @@ class CopyJob:
                 self.malloc, self.consume)
 
 
+logger = logging.getLogger("dask_lsio")
+
+
 def copy_block(job: CopyJob, index: int, *after: object) -> int:
     """Copy block ``index`` of ``job``; return the bytes written.
 
@@ -116,7 +121,12 @@ def copy_block(job: CopyJob, index: int, *after: object) -> int:
             written += write_region(job.target, piece, values[_within(piece, region)],
                                     write_empty_chunks=job.write_empty)
     if job.consume:  # after every write: a block killed before this is redone whole
-        job.source.store.delete(consumed_keys(job, [index]))
+        try:
+            job.source.store.delete(consumed_keys(job, [index]))
+        except (OSError, BatchIOError) as e:  # the copy is done; the end removes the rest
+            logger.warning("dask-lsio rechunk: could not delete intermediate chunks of block "
+                           "%d in %s (%s); they are removed at the end", index,
+                           job.source.store.url, e)
     return written
 
 

@@ -55,5 +55,13 @@ int64_t lsio_kernel_zstd_contexts(void);
 int lsio_kernel_gather(const char *src, int32_t ndim, const int64_t *shape,
                        const int64_t *strides, int64_t itemsize, char *dst);
 
+/* c-blosc 1.x compression of the n bytes at src into dst (cap bytes, at least n + 16), as
+ * numcodecs' Blosc.encode does it (one thread, a context of this call's own), with the GIL
+ * released: the compressed size, or -1 when c-blosc refuses (n past its 2 GiB limit, an
+ * unknown compressor name, clevel or shuffle out of range). */
+int64_t lsio_kernel_encode_blosc(const char *src, int64_t n, char *dst, int64_t cap,
+                                 int32_t clevel, int32_t shuffle, int64_t typesize,
+                                 const char *cname, int64_t blocksize);
+
 /* The hook for hooked read batches: ctx is a lsio_kplan. Returns 0 or 1 (see job_err). */
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n);

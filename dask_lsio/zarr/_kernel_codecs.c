@@ -114,6 +114,18 @@ int lsio_blosc_header(const char *src, int64_t n, int64_t want) {
     return (int64_t)nbytes == want ? 0 : LSIO_KERR_SIZE;
 }
 
+int64_t lsio_kernel_encode_blosc(const char *src, int64_t n, char *dst, int64_t cap,
+                                 int32_t clevel, int32_t shuffle, int64_t typesize,
+                                 const char *cname, int64_t blocksize) {
+    if (n < 0 || n > BLOSC_MAX_BUFFERSIZE || cap < n + BLOSC_MAX_OVERHEAD || cap > INT_MAX ||
+        clevel < 0 || clevel > 9 || shuffle < 0 || shuffle > 2 || typesize < 1 ||
+        blocksize < 0 || blocksize > INT_MAX || blosc_compname_to_compcode(cname) < 0)
+        return -1;
+    int got = blosc_compress_ctx(clevel, shuffle, (size_t)typesize, (size_t)n, src, dst,
+                                 (size_t)cap, cname, (size_t)blocksize, 1);
+    return got > 0 ? got : -1;
+}
+
 int lsio_decode_blosc(const char *src, int64_t n, char *dst, int64_t want) {
     int e = lsio_blosc_header(src, n, want);
     if (e) return e;

@@ -137,18 +137,25 @@ class ChunkCodec:
     def encode(self, chunk: np.ndarray) -> bytes | memoryview:
         """The stored bytes of ``chunk`` (an array of the chunk shape, logical order): the
         chain applied forwards, the mirror of :meth:`decode`. (Bytes, or a memoryview of a
-        new array when the chain stores the values as they are.)"""
+        new array: the values when the chain stores them as they are, or what the kernel's
+        c-blosc made of them.)"""
         arr = np.asarray(chunk).astype(self.dtype, copy=False)  # stored byte order
         if self.order is not None:
             arr = arr.transpose(self.order)
         if self.filters or self.byte_codecs:
-            # the codecs copy what they keep: a strided chunk is staged in this thread's
-            # recycled buffer (a fresh one per chunk costs a page fault per page)
-            buf: Any = arr if arr.flags.c_contiguous else _staged(arr)
+            buf: Any = self._input(arr)
         else:
             buf = np.ascontiguousarray(arr)
             if buf is not arr and buf.base is None and not self.crc32c:
                 return memoryview(buf).cast("B")  # stored as it is, our own copy: no second
+        if self.blosc_only:
+            from ._kernel import encode_blosc  # (the kernel's module imports this one)
+
+            done = encode_blosc(buf, self.byte_codecs[0])
+            if done is not None:
+                if self.crc32c:
+                    return bytes(done) + _crc32c.crc32c(done).to_bytes(4, "little")
+                return done
         for codec in self.filters:
             buf = codec.encode(buf)
         for codec in self.byte_codecs:  # blosc takes its typesize from the typed array
@@ -157,6 +164,34 @@ class ChunkCodec:
         if self.crc32c:
             out += _crc32c.crc32c(out).to_bytes(4, "little")
         return out
+
+    @property
+    def blosc_only(self) -> bool:
+        """The chain is one numcodecs Blosc (after the values' bytes): the kernel's
+        c-blosc can encode it, into a buffer of the caller's (:meth:`encode_into`)."""
+        return not self.filters and len(self.byte_codecs) == 1 and \
+            isinstance(self.byte_codecs[0], numcodecs.blosc.Blosc)
+
+    def encode_into(self, chunk: np.ndarray, out: np.ndarray) -> int | None:
+        """:meth:`encode` into ``out`` (uint8, at least the chunk's bytes + 16): the number
+        of bytes written, or None when this chain or this build cannot (``blosc_only``
+        and no checksum, the kernel built); then call :meth:`encode`."""
+        if not self.blosc_only or self.crc32c:
+            return None
+        from ._kernel import encode_blosc
+
+        arr = np.asarray(chunk).astype(self.dtype, copy=False)
+        if self.order is not None:
+            arr = arr.transpose(self.order)
+        done = encode_blosc(self._input(arr), self.byte_codecs[0], out)
+        return None if done is None else done.nbytes
+
+    @staticmethod
+    def _input(arr: np.ndarray) -> np.ndarray:
+        """The codecs' input: ``arr`` if C-contiguous, else staged in this thread's recycled
+        buffer (the codecs copy what they keep; a fresh array per chunk costs a page fault
+        per page)."""
+        return arr if arr.flags.c_contiguous else _staged(arr)
 
     def _check_crc(self, buf: memoryview, key: str) -> memoryview:
         if len(buf) < 4:

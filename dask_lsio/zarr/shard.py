@@ -252,12 +252,14 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def encode(spec: ArraySpec, unit: np.ndarray,
-           keep: Callable[[np.ndarray], bool] | None = None) -> bytes | None:
+           keep: Callable[[np.ndarray], bool] | None = None) -> bytes | memoryview | None:
     """A shard of ``unit`` (the shard's values): its inner chunks encoded in C order and the
     index of (offset, nbytes) pairs, at the end or the start. Inner chunks ``keep`` refuses
     (all fill_value) are left out; None when none is kept (no object)."""
     layout = spec.shard
     per_shard = layout.per_shard(spec.grid)
+    if spec.codec.blosc_only and not spec.codec.crc32c:
+        return _encode_in_place(spec, unit, keep)
     index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
     head = layout.index_nbytes(spec.grid) if not layout.index_at_end else 0
     parts, at = [], head
@@ -276,6 +278,42 @@ def encode(spec: ArraySpec, unit: np.ndarray,
         raw += crc32c.crc32c(raw).to_bytes(4, "little")
     # one join (one allocation and copy of the shard, not two)
     return b"".join([raw, *parts] if not layout.index_at_end else [*parts, raw])
+
+
+def _encode_in_place(spec: ArraySpec, unit: np.ndarray,
+                     keep: Callable[[np.ndarray], bool] | None) -> memoryview | None:
+    """:func:`encode` for inner chunks of one blosc codec: each encoded by the kernel's
+    c-blosc straight into its place in one shard buffer (no buffer per chunk, no join).
+    c-blosc's output is at most its input + 16 bytes, so each chunk has a slot that size."""
+    layout = spec.shard
+    per_shard = layout.per_shard(spec.grid)
+    index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
+    index_bytes = layout.index_nbytes(spec.grid)
+    head = 0 if layout.index_at_end else index_bytes
+    slot = spec.codec.nbytes + 16
+    buf = np.empty(head + int(np.prod(per_shard)) * slot + index_bytes, np.uint8)
+    at = head
+    for inner in np.ndindex(*per_shard):
+        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
+        if keep is not None and not keep(chunk):
+            continue
+        got = spec.codec.encode_into(chunk, buf[at:at + slot])
+        if got is None:  # (the kernel not built): numcodecs' frame, copied into its slot
+            data = np.frombuffer(memoryview(spec.codec.encode(chunk)).cast("B"), np.uint8)
+            got = data.size
+            buf[at:at + got] = data
+        index[inner] = (at, got)
+        at += got
+    if at == head:  # no chunk kept
+        return None
+    raw = index.tobytes()
+    if layout.index_crc32c:
+        raw += crc32c.crc32c(raw).to_bytes(4, "little")
+    if layout.index_at_end:
+        buf[at:at + len(raw)] = np.frombuffer(raw, np.uint8)
+        return memoryview(buf)[:at + len(raw)]
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    return memoryview(buf)[:at]
 
 
 @dataclass(frozen=True)
