@@ -1,4 +1,5 @@
-/* dask-lsio decode kernel: the declarations shared by _kernel.c and the cffi cdef.
+/* dask-lsio decode kernel: the declarations shared by _kernel.c, _kernel_codecs.c (with
+ * blosc encoding), _kernel_gather.c (encoders' input) and the cffi cdef.
  *
  * A plan describes one block of a Zarr array being read: where each chunk's bytes lie in the
  * reads of one engine batch, and where its values go in the block's output array. The
