@@ -301,7 +301,12 @@ def test_encode_of_views_equals_encode_of_copies():
 @pytest.mark.parametrize("cname", ["lz4", "lz4hc", "blosclz", "zstd", "zlib"])
 def test_blosc_encode_equals_numcodecs(dtype, cname):
     """The kernel's c-blosc encodes as numcodecs' Blosc does, byte for byte (every shuffle,
-    AUTOSHUFFLE resolved by the item size as numcodecs does), and decodes back."""
+    AUTOSHUFFLE resolved by the item size as numcodecs does), and decodes back. (Byte for
+    byte where the kernel is built from the sources numcodecs is built from, the default;
+    a kernel against the system's c-blosc may compress differently, validly.)"""
+    from dask_lsio._build_info import BUILD_INFO
+
+    same_sources = BUILD_INFO["extensions"]["kernel"]["source"] == "bundled"
     rng = np.random.default_rng(1)
     arr = (np.frombuffer(rng.bytes(3000 * 7), "V3") if dtype == "V3"
            else (rng.normal(size=(70, 30)) * 50).astype(dtype))
@@ -310,7 +315,7 @@ def test_blosc_encode_equals_numcodecs(dtype, cname):
             codec = numcodecs.Blosc(cname, 5, shuffle, blocksize)
             got = _kernel.encode_blosc(arr, codec)
             assert got is not None
-            assert bytes(got) == codec.encode(arr)
+            assert bytes(got) == codec.encode(arr) or not same_sources
             assert bytes(codec.decode(bytes(got))) == arr.tobytes()
 
 
