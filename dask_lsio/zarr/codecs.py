@@ -139,9 +139,7 @@ class ChunkCodec:
         chain applied forwards, the mirror of :meth:`decode`. (Bytes, or a memoryview of a
         new array: the values when the chain stores them as they are, or what the kernel's
         c-blosc made of them.)"""
-        arr = np.asarray(chunk).astype(self.dtype, copy=False)  # stored byte order
-        if self.order is not None:
-            arr = arr.transpose(self.order)
+        arr = self._stored(chunk)
         if self.filters or self.byte_codecs:
             buf: Any = self._input(arr)
         else:
@@ -180,11 +178,13 @@ class ChunkCodec:
             return None
         from ._kernel import encode_blosc
 
-        arr = np.asarray(chunk).astype(self.dtype, copy=False)
-        if self.order is not None:
-            arr = arr.transpose(self.order)
-        done = encode_blosc(self._input(arr), self.byte_codecs[0], out)
+        done = encode_blosc(self._input(self._stored(chunk)), self.byte_codecs[0], out)
         return None if done is None else done.nbytes
+
+    def _stored(self, chunk: np.ndarray) -> np.ndarray:
+        """``chunk`` in its stored byte order, transposed where the chain says."""
+        arr = np.asarray(chunk).astype(self.dtype, copy=False)
+        return arr if self.order is None else arr.transpose(self.order)
 
     @staticmethod
     def _input(arr: np.ndarray) -> np.ndarray:

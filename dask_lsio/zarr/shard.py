@@ -13,7 +13,7 @@ import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import crc32c
 import numpy as np
@@ -263,19 +263,14 @@ def encode(spec: ArraySpec, unit: np.ndarray,
     index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
     head = layout.index_nbytes(spec.grid) if not layout.index_at_end else 0
     parts, at = [], head
-    for inner in np.ndindex(*per_shard):
-        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
-        if keep is not None and not keep(chunk):
-            continue
+    for inner, chunk in _inner_chunks(spec, unit, keep):
         data = spec.codec.encode(chunk)
         index[inner] = (at, len(data))
         parts.append(data)
         at += len(data)
     if not parts:
         return None
-    raw = index.tobytes()
-    if layout.index_crc32c:
-        raw += crc32c.crc32c(raw).to_bytes(4, "little")
+    raw = _index_bytes(layout, index)
     # one join (one allocation and copy of the shard, not two)
     return b"".join([raw, *parts] if not layout.index_at_end else [*parts, raw])
 
@@ -293,10 +288,7 @@ def _encode_in_place(spec: ArraySpec, unit: np.ndarray,
     slot = spec.codec.nbytes + 16
     buf = np.empty(head + int(np.prod(per_shard)) * slot + index_bytes, np.uint8)
     at = head
-    for inner in np.ndindex(*per_shard):
-        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
-        if keep is not None and not keep(chunk):
-            continue
+    for inner, chunk in _inner_chunks(spec, unit, keep):
         got = spec.codec.encode_into(chunk, buf[at:at + slot])
         if got is None:  # (the kernel not built): numcodecs' frame, copied into its slot
             data = np.frombuffer(memoryview(spec.codec.encode(chunk)).cast("B"), np.uint8)
@@ -306,14 +298,32 @@ def _encode_in_place(spec: ArraySpec, unit: np.ndarray,
         at += got
     if at == head:  # no chunk kept
         return None
-    raw = index.tobytes()
-    if layout.index_crc32c:
-        raw += crc32c.crc32c(raw).to_bytes(4, "little")
+    raw = _index_bytes(layout, index)
     if layout.index_at_end:
         buf[at:at + len(raw)] = np.frombuffer(raw, np.uint8)
         return memoryview(buf)[:at + len(raw)]
     buf[:len(raw)] = np.frombuffer(raw, np.uint8)
     return memoryview(buf)[:at]
+
+
+def _inner_chunks(spec: ArraySpec, unit: np.ndarray, keep: Callable[[np.ndarray], bool] | None
+                  ) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """(position, values) of each inner chunk of the shard ``unit`` that ``keep`` keeps (all
+    without it), in C order."""
+    layout = spec.shard
+    for inner in np.ndindex(*layout.per_shard(spec.grid)):
+        chunk = unit[tuple(slice(i * n, (i + 1) * n) for i, n in zip(inner, layout.inner))]
+        if keep is None or keep(chunk):
+            yield inner, chunk
+
+
+def _index_bytes(layout: ShardLayout, index: np.ndarray) -> bytes:
+    """A shard's stored index: its (offset, nbytes) pairs, and their crc32c if the layout
+    has one."""
+    raw = index.tobytes()
+    if layout.index_crc32c:
+        raw += crc32c.crc32c(raw).to_bytes(4, "little")
+    return raw
 
 
 @dataclass(frozen=True)
