@@ -52,8 +52,10 @@ Readers (``rechunk_peers.py``), each writing a new target (and temporary array) 
 Every run is a fresh worker process (``harness.workers.run_once``), so its memory is its own.
 Before the clock it imports its library and prepares: a trivial compute on the threaded
 scheduler (its pool and lazy imports: ~0.2 s the first time in a process), dask_lsio's
-engine, the cluster, the ceiling's objects; it writes and frees ``max_mem`` of memory
-(``harness.memory.touch_memory``, the same for every reader), drops the page cache for a
+engine, the cluster, the ceiling's objects; it writes and frees ``max_mem`` plus twice
+the array's bytes of memory (``rechunk_runs.touch_bytes``, the same for every reader: its
+writes fill the page cache with memory this VM's host still backs, not memory the host
+took back, whose first write costs ~1.2-2.6 s per GiB), drops the page cache for a
 cold run (root only), resets its RSS high-water mark (``/proc/self/clear_refs``) and reads
 ``VmRSS``. The clock runs from opening the source (planning included) to the end of the
 writes; ``VmHWM`` is read after it. "peak MiB" is that high-water mark (max over the runs),

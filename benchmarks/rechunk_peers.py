@@ -263,7 +263,7 @@ def run_task(task: dict) -> dict:
     job = JOBS[task["reader"]](task)
     try:
         job.prepare()
-        touch_memory(task["max_mem"])  # see harness.memory.touch_memory; the same for all
+        touch_memory(task["touch"])  # the same for all: rechunk_runs.touch_bytes
         if task["cold"]:
             drop_caches()
         gc.collect()

@@ -30,7 +30,7 @@ def run(task: dict) -> dict:
     import zarr
 
     dask.compute(dask.delayed(int)(0), scheduler="threads")  # its pool, as the others'
-    touch_memory(task["max_mem"])  # as the other readers (harness.memory.touch_memory)
+    touch_memory(task["touch"])  # as the other readers (rechunk_runs.touch_bytes)
     if task["cold"]:
         drop_caches()
     gc.collect()

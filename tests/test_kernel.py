@@ -297,6 +297,25 @@ def test_encode_of_views_equals_encode_of_copies():
     np.testing.assert_array_equal(chain.decode(outs[5], "c"), block[:, 8:16, 8:16])
 
 
+@pytest.mark.parametrize("order", [None, [2, 0, 1]])
+def test_encode_without_codecs_of_views(order):
+    """A chain that stores the values as they are: a strided chunk is gathered into an
+    array of its own (each output its own chunk's bytes, in the stored order)."""
+    from dask_lsio.zarr.codecs import v3_chain
+
+    block = np.random.default_rng(4).normal(size=(8, 32, 32)).astype("f4")
+    codecs = [{"name": "bytes", "configuration": {"endian": "little"}}]
+    if order:
+        codecs.insert(0, {"name": "transpose", "configuration": {"order": order}})
+    chain = v3_chain(codecs, (8, 8, 8), np.dtype("f4"))
+    views = [block[:, i:i + 8, j:j + 8] for i in range(0, 32, 8) for j in range(0, 32, 8)]
+    outs = [chain.encode(v) for v in views]
+    for out, view in zip(outs, views):
+        stored = view if order is None else view.transpose(order)
+        assert bytes(out) == np.ascontiguousarray(stored).tobytes()
+        np.testing.assert_array_equal(chain.decode(out, "c"), view)
+
+
 @pytest.mark.parametrize("dtype", ["u1", "<i2", "<f4", "<f8", "V3"])
 @pytest.mark.parametrize("cname", ["lz4", "lz4hc", "blosclz", "zstd", "zlib"])
 def test_blosc_encode_equals_numcodecs(dtype, cname):

@@ -50,6 +50,8 @@ from rechunk_cases import (NAMED, check_target, chunk_objects, compressor,
                            files_and_stamps, make_source, resolve_chunks,
                            smallest_max_mem, sources)
 
+# the module, not its function of the same name (dask_lsio.graph's rechunk)
+rechunk_module = sys.modules["dask_lsio.graph.rechunk"]
 EXAMPLES = int(os.environ.get("LSIO_RECHUNK_EXAMPLES", 25))
 MiB = 1 << 20
 
@@ -226,8 +228,7 @@ def test_time_to_space_through_an_intermediate_array(maps, tmp_path):
 
 @pytest.mark.parametrize("name, codec", [("lz4", "blosc"), ("none", None), ("zstd", "zstd")])
 def test_intermediate_compressor(maps, tmp_path, name, codec):
-    """lsio.rechunk.temp-compressor: the intermediate array's codec (blosc-lz4 by
-    default)."""
+    """lsio.rechunk.temp-compressor: the intermediate array's codec."""
     src, z, values = maps
     dst = str(tmp_path / "dst")
     with dask.config.set({"lsio.rechunk.temp-compressor": name}):
@@ -240,6 +241,37 @@ def test_intermediate_compressor(maps, tmp_path, name, codec):
         plan.execute()
     check_target(zarr.open_array(dst), z, values, (128, 16, 16))
     assert not os.path.exists(dst + ".rechunk-temp")
+
+
+def intermediate_codecs(temp_root: Path) -> list[str]:
+    (middle,) = os.listdir(temp_root)
+    meta = json.loads((temp_root / middle / "zarr.json").read_text())
+    return [c["name"] for c in meta["codecs"]]
+
+
+def test_intermediate_uncompressed_where_the_page_cache_holds_it(maps, tmp_path, monkeypatch):
+    """The default ("auto"): no codec on a local disk when the copy fits in the page cache's
+    room for written data; blosc-lz4 when it does not, and on other stores."""
+    src, z, values = maps
+    assert dask.config.get("lsio.rechunk.temp-compressor") == "auto"
+    plan = dask_lsio.rechunk(src, (128, 16, 16), tmp_path / "a", 2 << 20)
+    assert intermediate_codecs(tmp_path / "a.rechunk-temp") == ["bytes"]
+    plan.execute()
+    check_target(zarr.open_array(tmp_path / "a"), z, values, (128, 16, 16))
+    # a machine whose page cache would write the intermediate array back to its disk
+    monkeypatch.setattr(rechunk_module, "_dirty_room", lambda: z.nbytes - 1)
+    plan = dask_lsio.rechunk(src, (128, 16, 16), tmp_path / "b", 2 << 20)
+    assert intermediate_codecs(tmp_path / "b.rechunk-temp") == ["bytes", "blosc"]
+    plan.execute()
+    check_target(zarr.open_array(tmp_path / "b"), z, values, (128, 16, 16))
+    monkeypatch.undo()
+    temp = MemoryStore()
+    plan = dask_lsio.rechunk(src, (128, 16, 16), tmp_path / "c", 2 << 20, temp=temp)
+    middle = zarr.open_array(temp, path=plan.stages[0].target.rsplit("/", 1)[1], mode="r")
+    assert [type(c).__name__ for c in middle.compressors] == ["BloscCodec"]
+    plan.execute()
+    check_target(zarr.open_array(tmp_path / "c"), z, values, (128, 16, 16))
+    assert rechunk_module._dirty_room() > z.nbytes  # on this machine: the first case's cause
 
 
 def test_another_intermediate_compressor_another_intermediate(maps, tmp_path):

@@ -15,6 +15,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Mapping
 
 import dask
@@ -128,7 +129,8 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
     gate = hashlib.sha256(json.dumps([src.store.description, out.description, max_mem,
                                       list(src.arrays)], default=str).encode()).hexdigest()
     run = _Run(max_mem // threads, max_mem, f"rechunk-{gate[:32]}", temp, target,
-               storage_options, config.get("rechunk.temp-compressor"), _malloc_thresholds())
+               storage_options, config.get("rechunk.temp-compressor"),
+               sum(arr.nbytes for _, arr, _, _ in asked), _malloc_thresholds())
     jobs = []
     for path, arr, options, source in asked:
         made, resumed = arrays.create_target(out, path, options, overwrite)
@@ -161,6 +163,7 @@ class _Run:
     target: Any
     storage_options: Any
     temp_compressor: Any  # lsio.rechunk.temp-compressor
+    copy_bytes: int  # of all the arrays copied (decoded)
     malloc: tuple[int, int] | None  # lsio.rechunk.mmap-threshold, trim-threshold
 
 
@@ -189,20 +192,22 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
     if arr.size == 0:  # nothing to copy: the metadata is all
         return ArrayPlan(path, Route((), None), (), (), (), None, None)
     way = route(Grid(arr.shape, item, read_unit), final.grid, block_limit, read_cap // 2)
-    token = _token(source, final, way, run.temp_compressor)
     write_empty = bool(made._async_array.config.write_empty_chunks)
     specs = [source]
-    temp_store = made_base = None
+    temp_store = made_base = compressor = None
     if way.middle is not None:
         base = (arrays.opened(run.temp, run.storage_options) if run.temp is not None
                 else arrays.sibling(run.target, out, TEMP_SUFFIX, run.storage_options))
         made_base = base if run.temp is None else None
         if out_of_reach(base):
             raise RuntimeError(IN_MEMORY_ON_CLUSTER)
+        compressor = _temp_compressor(run, base, way, item)
+    token = _token(source, final, way, compressor)
+    if way.middle is not None:
         temp_store = base.child(f"rechunk-{token[:16]}")
         middle_opts = {"shape": arr.shape, "dtype": arr.dtype, "chunks": way.middle,
                        "fill_value": arr.metadata.fill_value, "zarr_format": 3,
-                       "compressors": arrays.named_compressor(_temp_compressor(run, way, item), 3),
+                       "compressors": arrays.named_compressor(compressor, 3),
                        "filters": None}
         mid, _ = arrays.create_target(temp_store, path, middle_opts, overwrite=False)
         specs.append(_spec(temp_store.child(path) if path else temp_store, mid))
@@ -255,13 +260,34 @@ def _token(source: ArraySpec, final: ArraySpec, way: Route, temp_compressor: Any
     return hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:32]
 
 
-def _temp_compressor(run: _Run, way: Route, itemsize: int) -> Any:
-    """The intermediate array's compressor: ``lsio.rechunk.temp-compressor``, but none for
-    chunks beyond c-blosc's limit (2 GiB) where it names a blosc one."""
-    blosc = run.temp_compressor in ("lz4", "blosc-zstd")
-    if blosc and math.prod(way.middle) * itemsize > 2**31 - 2**20:
+def _temp_compressor(run: _Run, base: Store, way: Route, itemsize: int) -> Any:
+    """The intermediate array's compressor: ``lsio.rechunk.temp-compressor``. "auto" is
+    none on a local disk when all the arrays copied fit in the page cache's room for written
+    data (:func:`_dirty_room`): the intermediate is then written, read and deleted in
+    memory, and a codec would only cost CPU; lz4 elsewhere (what goes to a disk or a network
+    is moved twice). None for chunks beyond c-blosc's limit (2 GiB) where it names a blosc
+    one."""
+    name = run.temp_compressor
+    if name == "auto":
+        local = base.description.kind == "file"
+        name = "none" if local and run.copy_bytes <= _dirty_room() else "lz4"
+    if name in ("lz4", "blosc-zstd") and math.prod(way.middle) * itemsize > 2**31 - 2**20:
         return "none"
-    return run.temp_compressor
+    return name
+
+
+def _dirty_room() -> int:
+    """Bytes written to files that Linux keeps in the page cache before it starts writing
+    them back: ``vm.dirty_background_bytes``, else ``vm.dirty_background_ratio`` percent of
+    the memory (the kernel takes that percentage of the free and reclaimable memory, which
+    the page cache of a machine that has run a while nearly fills); 0 where unknown."""
+    try:
+        fixed = int(Path("/proc/sys/vm/dirty_background_bytes").read_text())
+        ratio = int(Path("/proc/sys/vm/dirty_background_ratio").read_text())
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+    return fixed or ratio * memory // 100
 
 
 def _malloc_thresholds() -> tuple[int, int] | None:

@@ -143,8 +143,8 @@ class ChunkCodec:
         if self.filters or self.byte_codecs:
             buf: Any = self._input(arr)
         else:
-            buf = np.ascontiguousarray(arr)
-            if buf is not arr and buf.base is None and not self.crc32c:
+            buf = arr if arr.flags.c_contiguous else _gathered(arr, np.empty_like(arr, order="C"))
+            if buf is not arr and not self.crc32c:
                 return memoryview(buf).cast("B")  # stored as it is, our own copy: no second
         if self.blosc_only:
             from ._kernel import encode_blosc  # (the kernel's module imports this one)
@@ -224,7 +224,12 @@ def _staged(arr: np.ndarray) -> np.ndarray:
     buf = getattr(_local, "enc", None)
     if buf is None or buf.nbytes < arr.nbytes:
         buf = _local.enc = np.empty(arr.nbytes, dtype=np.uint8)
-    out = buf[:arr.nbytes].view(arr.dtype).reshape(arr.shape)
+    return _gathered(arr, buf[:arr.nbytes].view(arr.dtype).reshape(arr.shape))
+
+
+def _gathered(arr: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``arr`` copied into ``out`` (C-contiguous, its shape and dtype) by the kernel's
+    gather (2-3x numpy's strided copy), or numpy where the kernel is not built."""
     from ._kernel import gather  # (the kernel's module imports this one)
 
     if not gather(arr, out):
