@@ -441,6 +441,41 @@ def test_the_plan_object(time_space, tmp_path, capsys):
         assert dask_lsio.rechunk(src, (64, 8, 8), tmp_path / "d", text).max_mem == value
 
 
+def test_blocks_chained_for_read_ahead_on_threads_only(time_space, tmp_path):
+    """On the threaded scheduler each pass's blocks form as many chains as threads (a
+    block follows the one ``threads`` before it, and reads ahead the one after it); on
+    another scheduler (a cluster's) and with lsio.rechunk.readahead off, no chains."""
+    src, z, values = time_space
+    plan = dask_lsio.rechunk(src, (64, 8, 8), tmp_path / "a", "160KiB")
+    lanes = plan.threads
+
+    def chains(graph) -> dict:
+        deps = {}
+        for key, task in dict(graph).items():
+            if isinstance(key, tuple) and key[0].startswith("rechunk-copy-"):
+                deps[key] = [d for d in task[4:] if isinstance(d, tuple)]
+        return deps
+
+    deps = chains(plan.__dask_graph__())
+    assert len(deps) == plan.tasks and any(deps.values())
+    for name in {k[0] for k in deps}:
+        keys = sorted(k for k in deps if k[0] == name)
+        for n, key in enumerate(keys):
+            assert deps[key] == ([keys[n - lanes]] if n >= lanes else []), (key, deps[key])
+            ahead = dict(plan.__dask_graph__())[key][3]
+            assert ahead == (((key[1],) if n < lanes else ()) +
+                             ((keys[n + lanes][1],) if n + lanes < len(keys) else ()))
+    with dask.config.set(scheduler="processes"):
+        assert not any(chains(plan.__dask_graph__()).values())
+    plan.execute()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "a")[...], values)
+    with dask.config.set({"lsio.rechunk.readahead": False}):
+        plan = dask_lsio.rechunk(src, (64, 8, 8), tmp_path / "b", "160KiB")
+    assert not any(chains(plan.__dask_graph__()).values())
+    plan.execute()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "b")[...], values)
+
+
 # -- errors ------------------------------------------------------------------------------------
 def test_max_mem_too_small_says_the_smallest_that_works(time_space, tmp_path):
     src, z, values = time_space

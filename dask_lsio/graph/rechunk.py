@@ -130,7 +130,8 @@ def rechunk(source: Any, target_chunks: Any, target: Any, max_mem: int | str,
                                       list(src.arrays)], default=str).encode()).hexdigest()
     run = _Run(max_mem // threads, max_mem, f"rechunk-{gate[:32]}", temp, target,
                storage_options, config.get("rechunk.temp-compressor"),
-               sum(arr.nbytes for _, arr, _, _ in asked), _malloc_thresholds())
+               sum(arr.nbytes for _, arr, _, _ in asked),
+               bool(config.get("rechunk.readahead")), _malloc_thresholds())
     jobs = []
     for path, arr, options, source in asked:
         made, resumed = arrays.create_target(out, path, options, overwrite)
@@ -164,6 +165,7 @@ class _Run:
     storage_options: Any
     temp_compressor: Any  # lsio.rechunk.temp-compressor
     copy_bytes: int  # of all the arrays copied (decoded)
+    readahead: bool  # lsio.rechunk.readahead
     malloc: tuple[int, int] | None  # lsio.rechunk.mmap-threshold, trim-threshold
 
 
@@ -221,7 +223,7 @@ def _plan_array(source: ArraySpec, out: Store, path: str, arr: zarr.Array,
                             cells_within(write_cap, b.grid, item), memory, run.gate,
                             run.max_mem,
                             write_empty if i == len(way.passes) - 1 else True, run.malloc,
-                            consume=i > 0))
+                            consume=i > 0, readahead=run.readahead))
     # a rerun: blocks whose units are all there are done (written atomically, whole)
     done_last = done_blocks(jobs[-1], final.store.list()) if resumed else ()
     all_done = len(done_last) == jobs[-1].count

@@ -6,11 +6,13 @@ end) and the records that describe it.
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import dask
+import dask.local
 import dask.threaded
 import zarr
 from dask.highlevelgraph import HighLevelGraph
@@ -79,7 +81,10 @@ class Rechunked:
         self._consolidate = self._group and _consolidated(src.group)
         token = hashlib.sha256(repr([_token_of(p) for p in plans]).encode()).hexdigest()[:16]
         self._key = f"rechunk-{token}"
-        self._graph = HighLevelGraph.from_collections(self._key, self._tasks(token), ())
+        self._graph = HighLevelGraph.from_collections(self._key, self._tasks(token, 0), ())
+        reads_ahead = any(j.readahead for p in plans for j in p.jobs)
+        self._laned = HighLevelGraph.from_collections(
+            self._key, self._tasks(token, threads), ()) if reads_ahead else None
 
     # -- what it does ----------------------------------------------------------------------
     @property
@@ -128,7 +133,12 @@ class Rechunked:
 
     compute = execute
 
-    def _tasks(self, token: str) -> dict:
+    def _tasks(self, token: str, lanes: int) -> dict:
+        """The graph. ``lanes`` > 0: each pass's blocks in that many chains (a block
+        follows the one ``lanes`` before it), so that with as many threads each thread
+        copies one chain and each task knows the block its thread copies next (the one it
+        reads ahead); 0: no chains (clusters: chains as many as this machine's threads
+        would bound a cluster's parallelism)."""
         dsk: dict = {}
         ends = []
         for a, p in enumerate(self._plans):
@@ -137,8 +147,13 @@ class Rechunked:
             for i, (job, todo) in enumerate(zip(p.jobs, p.todo)):
                 name = f"rechunk-copy-{token}-{a}-{i}"
                 keys = [(name, b) for b in todo]
-                for k in keys:
-                    dsk[k] = (copy_block, job, k[1], *after)
+                for n, k in enumerate(keys):
+                    # read ahead: the next block of the chain; the first of a chain also
+                    # its own (its reads then find the disk busy with all of them)
+                    ahead = [k[1]] if lanes and n < lanes else []
+                    ahead += [keys[n + lanes][1]] if lanes and n + lanes < len(keys) else []
+                    chain = (keys[n - lanes],) if lanes and n >= lanes else ()
+                    dsk[k] = (copy_block, job, k[1], tuple(ahead), *after, *chain)
                 if i + 1 < len(p.jobs):  # the next pass reads what this one wrote
                     join = f"rechunk-pass-{token}-{a}-{i}"
                     dsk[join] = (_after, *keys)
@@ -162,7 +177,8 @@ class Rechunked:
         return zarr.open(store=where, mode="r")
 
     def __dask_graph__(self) -> HighLevelGraph:
-        return self._graph
+        # chained blocks (reads ahead) on this machine's threads; none on a cluster
+        return self._laned if self._laned is not None and _threaded() else self._graph
 
     def __dask_keys__(self) -> list:
         return [self._key]
@@ -183,6 +199,24 @@ class Rechunked:
     __dask_optimize__ = None  # the tasks are as coarse as they should be
 
 
+def _threaded() -> bool:
+    """Whether a compute now runs on this process's threads: the threaded or synchronous
+    scheduler by configuration, or by default (no distributed client)."""
+    chosen = dask.config.get("scheduler", None)
+    if chosen is not None:
+        return chosen in ("threads", "threading", "sync", "synchronous", "single-threaded",
+                          dask.threaded.get, dask.local.get_sync)
+    if "distributed" in sys.modules:
+        from distributed import default_client
+
+        try:
+            default_client()
+            return False
+        except ValueError:  # no client
+            pass
+    return True
+
+
 def _finish_first(results: Any, plan: Rechunked) -> Any:
     return plan._finish(results)
 
@@ -191,6 +225,7 @@ def _persisted(dsk: Any, plan: Rechunked, rename: Any = None) -> Rechunked:
     """The plan after ``persist``: its graph is the computed keys."""
     new = object.__new__(Rechunked)
     new.__dict__.update(plan.__dict__)
+    new._laned = None
     new._graph = dsk if isinstance(dsk, HighLevelGraph) else HighLevelGraph.from_collections(
         plan._key, dict(dsk), ())
     return new
