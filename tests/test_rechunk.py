@@ -447,7 +447,7 @@ def test_blocks_chained_for_read_ahead_on_threads_only(time_space, tmp_path):
     another scheduler (a cluster's) and with lsio.rechunk.readahead off, no chains."""
     src, z, values = time_space
     plan = dask_lsio.rechunk(src, (64, 8, 8), tmp_path / "a", "160KiB")
-    lanes = plan.threads
+    lanes, depth = plan.threads, sys.modules["dask_lsio.graph.rechunked"].READ_AHEAD
 
     def chains(graph) -> dict:
         deps = {}
@@ -463,8 +463,9 @@ def test_blocks_chained_for_read_ahead_on_threads_only(time_space, tmp_path):
         for n, key in enumerate(keys):
             assert deps[key] == ([keys[n - lanes]] if n >= lanes else []), (key, deps[key])
             ahead = dict(plan.__dask_graph__())[key][3]
-            assert ahead == (((key[1],) if n < lanes else ()) +
-                             ((keys[n + lanes][1],) if n + lanes < len(keys) else ()))
+            later = [n + j * lanes for j in range(1, depth + 1)]  # its chain's next blocks
+            want = [n, *later] if n < lanes else later[-1:]  # the others: hinted before
+            assert ahead == tuple(keys[m][1] for m in want if m < len(keys)), (key, ahead)
     with dask.config.set(scheduler="processes"):
         assert not any(chains(plan.__dask_graph__()).values())
     plan.execute()

@@ -55,6 +55,11 @@ class ArrayPlan:
     temp_base: Store | None  # the default place of intermediate arrays, made for them
 
 
+# Blocks of its chain a task reads ahead: the next ones' reads then overlap this one's work
+# even when one block's reads take longer than another's regrouping and writes.
+READ_AHEAD = 2
+
+
 def _after(*done: object) -> None:
     """Joins tasks: runs once they all have."""
 
@@ -148,10 +153,11 @@ class Rechunked:
                 name = f"rechunk-copy-{token}-{a}-{i}"
                 keys = [(name, b) for b in todo]
                 for n, k in enumerate(keys):
-                    # read ahead: the next block of the chain; the first of a chain also
-                    # its own (its reads then find the disk busy with all of them)
-                    ahead = [k[1]] if lanes and n < lanes else []
-                    ahead += [keys[n + lanes][1]] if lanes and n + lanes < len(keys) else []
+                    # read ahead the block READ_AHEAD places further in the chain; the
+                    # first of a chain also its own and those before that one
+                    first = n if lanes and n < lanes else n + READ_AHEAD * lanes
+                    ahead = [keys[m][1] for m in range(first, n + READ_AHEAD * lanes + 1,
+                                                       lanes or 1) if lanes and m < len(keys)]
                     chain = (keys[n - lanes],) if lanes and n >= lanes else ()
                     dsk[k] = (copy_block, job, k[1], tuple(ahead), *after, *chain)
                 if i + 1 < len(p.jobs):  # the next pass reads what this one wrote
