@@ -56,7 +56,7 @@ class CopyJob:
         target's writes then reuse the page cache they held instead of fresh memory (a
         1 GiB copy: 2.2-2.4 s instead of 2.9-4.1).
     readahead : bool
-        Each task hints the source files of the block its thread copies next to the
+        Each task hints the source files of the blocks its thread copies next to the
         kernel (:mod:`dask_lsio.io.readahead`; local unsharded sources only), so that
         they are read from the disk while this block is regrouped and written.
     """
