@@ -31,6 +31,15 @@ once (``harness/zarr_data.py``) and reused.
             the same area, 86 x 256 x 256 float32, 1x64x64 zstd chunks, crops 2 x 32 x 32),
             both opened with ``dask_lsio.open_zarr`` and aligned by their coordinates;
             examples/s against the single-source rate of the same run.
+``boxes``   many small selections ``a[t, y:y+64, x:x+64]`` at once (4,096 at random places;
+            quick 1,024, tiny 64): ``dask_lsio.read_boxes(z, starts, (1, 64, 64))`` (one
+            call) against tensorstore (every read issued, then every result awaited)
+``box``     the same selections one at a time (the first 512; quick 256, tiny 16), as a
+            user loops: ``dask_lsio.read_boxes`` of one box per call, zarr-python's
+            ``z[sel]`` with dask_lsio's codec pipeline (``lsio-pipeline``) and its default
+            one (``zarr``), tensorstore's ``t[sel].read().result()``, and
+            ``dask_lsio.from_zarr(path)[sel].compute()`` (``dask``). Readers open the array
+            before the clock and read 16 untimed boxes elsewhere first.
 ``stream``  the whole of A along time, each block summed as it arrives (float32 sums, as
             the read benchmark's scan):
             ``dask_lsio.iter_blocks(path)`` (ordered, prefetch 4); a loop over ``z[t]``
@@ -71,16 +80,20 @@ from harness.results import Result, Run, check_values, lookup, versus_baseline
 from harness.sides import CURRENT, Side, report_sides, resolve_baseline, split_reader, with_twins
 from harness.workers import run_once
 from harness.zarr_data import CHUNK, STEPS, Dataset, make_specs, prepare_datasets, xarray_view
-from crops_tasks import BATCH, CROP, NWP_CROP, locations, run_task
+from crops_tasks import BATCH, BOX, CROP, NWP_CROP, locations, run_task
 
 SCRIPT = Path(__file__).resolve()
 CROP_READERS = ["dask_lsio", "zarr", "zarrs", "tensorstore", "dask"]
 STREAM_READERS = ["iter_blocks", "zarr-loop", "scan"]
 TWINNED = {"dask_lsio", "iter_blocks", "scan"}  # the readers that are dask_lsio
-PARTS = ["crops", "two", "stream"]
+BOX_READERS = {"boxes": ["dask_lsio", "tensorstore"],
+               "box": ["dask_lsio", "lsio-pipeline", "zarr", "tensorstore", "dask"]}
+PARTS = ["crops", "two", "boxes", "box", "stream"]
 BATCHES = {"full": 60, "quick": 10, "tiny": 2}  # timed batches per run, per size
+BOXES = {"full": (4096, 512), "quick": (1024, 256), "tiny": (64, 16)}  # (at once, one by one)
 NWP_STEP = 12  # satellite steps per NWP step (5 minutes -> 1 hour)
-UNITS = {"crops": "crops", "two": "examples", "stream": "bytes"}  # what a row counts
+UNITS = {"crops": "crops", "two": "examples", "boxes": "boxes", "box": "boxes",
+         "stream": "bytes"}  # what a row counts
 
 
 # -- data --------------------------------------------------------------------------------
@@ -220,13 +233,13 @@ def print_results(results: list[Result], amp: dict[str, float], baseline: bool) 
         if not r.ok:
             rows.append(Unavailable(lead, r.error or "no runs"))
             continue
-        per_s = "-" if r.workload == "stream" else f"{r.per_s:,.0f}"
+        per_s = "-" if r.workload == "stream" else f"{r.per_s:,.0f}"  # crops, boxes ...
         ratio = amp.get(r.reader) if r.workload == "crops" else None
         rows.append(lead + [f"{r.median_s:.3f}", per_s, f"{r.gbps:.3f}", fmt(ratio)]
                     + ([fmt(versus_baseline(results, r))] if baseline else []))
     legend = ("crops/s: examples/s for 'two' (each example is a satellite and an NWP crop; GB/s "
-              "there counts the satellite crops only); GB/s decimal, of delivered crops (stream: "
-              "of the array)")
+              "there counts the satellite crops only), boxes/s for 'boxes' and 'box'; GB/s "
+              "decimal, of delivered crops (stream: of the array)")
     print()
     print_table(columns, rows, legend + ("\n" + BASELINE_LEGEND if baseline else ""))
 
@@ -240,6 +253,12 @@ def done_when(results: list[Result]) -> list[Check]:
     return [
         Check("warm crops: dask_lsio / tensorstore (all crops of a batch at once)",
               rel(ours, rate("crops", "tensorstore")), 1.5),
+        Check("warm boxes at once: dask_lsio.read_boxes / tensorstore",
+              rel(rate("boxes", "dask_lsio"), rate("boxes", "tensorstore")), 1.5),
+        Check("warm boxes one at a time: zarr-python with dask_lsio's pipeline / tensorstore",
+              rel(rate("box", "lsio-pipeline"), rate("box", "tensorstore")), 1.0),
+        Check("warm boxes one at a time: dask_lsio.from_zarr(...)[sel].compute() per second",
+              rate("box", "dask"), 1000),
         Check("warm crops: dask_lsio / zarr-python loop", rel(ours, rate("crops", "zarr")), 15),
         Check("warm two sources: examples/s / single-source crops/s",
               rel(rate("two", "dask_lsio"), ours), 0.5),
@@ -318,6 +337,15 @@ def main(argv: list[str] | None = None) -> None:
         check_values(rows, None, 1e-6,
                      "the examples' sum: the same in every run (and with the baseline)")
         results += rows
+    for kind in ("boxes", "box"):
+        if kind in args.parts:
+            n = BOXES[args.size][kind == "box"]
+            outs[kind] = timed(kind, with_twins(installed(BOX_READERS[kind], skipped),
+                                                TWINNED, baseline),
+                               args, ["warm"], base | {"boxes": n}, ds, baseline)
+            rows = summarise(outs[kind], kind, n, math.prod(BOX) * 4)
+            check_values(rows, None, 1e-9, "the boxes' sum agrees with the other readers'")
+            results += rows
     if "stream" in args.parts:
         outs["stream"] = timed("stream", with_twins(STREAM_READERS, TWINNED, baseline), args,
                                ["warm"], base, ds, baseline)

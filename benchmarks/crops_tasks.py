@@ -132,6 +132,71 @@ def run_stream(reader: str, path: str) -> dict:
     return {"seconds": time.perf_counter() - t0, "sum": total, "work": z.nbytes}
 
 
+BOX = (1, 64, 64)  # one small selection: a[t, y:y + 64, x:x + 64]
+
+
+def box_starts(shape: tuple[int, ...], n: int, seed: int) -> np.ndarray:
+    """``n`` box starts inside an array of ``shape``, the same for every reader."""
+    rng = np.random.default_rng(seed)
+    return np.stack([rng.integers(0, d - b + 1, n) for d, b in zip(shape, BOX)], axis=1)
+
+
+def box_reader(reader: str, path: str, at_once: bool) -> Any:
+    """A function of ``starts`` (n, 3) returning the boxes there, (n, *BOX), for
+    ``reader``: all boxes in one call (``at_once``) or one box per call, as a user writes
+    either; what it opens is opened here, before the clock."""
+    import zarr
+
+    import dask_lsio
+
+    def windows(starts: np.ndarray) -> list[tuple[slice, ...]]:
+        return [tuple(slice(a, a + n) for a, n in zip(s, BOX)) for s in starts.tolist()]
+
+    if reader == "dask_lsio":
+        z = zarr.open_array(path, mode="r")
+        if at_once:
+            return lambda starts: dask_lsio.read_boxes(z, starts, BOX)
+        return lambda starts: np.stack([dask_lsio.read_boxes(z, s[None], BOX)[0]
+                                        for s in starts])
+    if reader == "tensorstore":
+        import tensorstore as ts
+
+        t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": path}},
+                    read=True).result()
+        if at_once:  # every read issued, then every result awaited
+            return lambda starts: np.stack([f.result()
+                                            for f in [t[w].read() for w in windows(starts)]])
+        return lambda starts: np.stack([t[w].read().result() for w in windows(starts)])
+    if reader == "dask":  # dask_lsio.from_zarr, one small compute per box
+        import dask
+
+        dask.config.set({"scheduler": "threads"})
+        a = dask_lsio.from_zarr(path)
+        return lambda starts: np.stack([a[w].compute() for w in windows(starts)])
+    if reader == "lsio-pipeline":
+        import dask
+
+        dask.config.set({"lsio.strict": True})
+        zarr.config.set({"codec_pipeline.path": "dask_lsio.zarr.LSIOCodecPipeline"})
+    z = zarr.open_array(path, mode="r")  # zarr (default pipeline) or lsio-pipeline
+    return lambda starts: np.stack([z[w] for w in windows(starts)])
+
+
+def run_boxes(reader: str, path: str, n: int, at_once: bool) -> dict:
+    """One timed run: ``n`` boxes at random places, after 16 untimed ones elsewhere."""
+    import zarr
+
+    shape = zarr.open_array(path, mode="r").shape
+    read = box_reader(reader, path, at_once)
+    read(box_starts(shape, 16, seed=99))
+    starts = box_starts(shape, n, seed=SEED)
+    t0 = time.perf_counter()
+    boxes = read(starts)
+    seconds = time.perf_counter() - t0
+    assert boxes.shape == (n, *BOX), boxes.shape
+    return {"seconds": seconds, "sum": float(boxes.sum(dtype=np.float64)), "work": n}
+
+
 def run_task(task: dict[str, Any]) -> dict:
     """Run one task in this fresh process."""
     kind = task["kind"]
@@ -139,4 +204,6 @@ def run_task(task: dict[str, Any]) -> dict:
         return run_crops(task["reader"], task["path"], task["batches"])
     if kind == "two":
         return run_two(task["path"], task["view"], task["nwp"], task["batches"])
+    if kind in ("boxes", "box"):  # many at once, or one at a time
+        return run_boxes(task["reader"], task["path"], task["boxes"], kind == "boxes")
     return run_stream(task["reader"], task["path"])

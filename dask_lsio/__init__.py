@@ -8,7 +8,7 @@ from .errors import (ArrayNotFoundError, BatchIOError, ChunkDecodeError, EngineU
                      VersionConflictError)
 from .graph import Rechunked, RechunkStage, from_zarr, open_zarr, rechunk, to_zarr
 from .io import ReadRequest, get_engine
-from .loader import RandomCrops, iter_blocks
+from .loader import RandomCrops, iter_blocks, read_boxes
 from . import pipeline  # noqa: F401  (registers LSIOCodecPipeline with zarr-python)
 from .store import cleanup
 
@@ -52,6 +52,7 @@ __all__ = [
     "get_engine",
     "iter_blocks",
     "open_zarr",
+    "read_boxes",
     "rechunk",
     "to_zarr",
 ]

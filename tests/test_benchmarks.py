@@ -140,12 +140,18 @@ def test_crops(tmp_path, data_dir):
                            "--readers", "dask_lsio,zarr,zarrs,tensorstore")
     rows = rows_ok(report)
     readers = peers(["dask_lsio", "zarr", "zarrs", "tensorstore"], report)
+    boxes = {"boxes": peers(["dask_lsio", "tensorstore"], report),
+             "box": peers(["dask_lsio", "lsio-pipeline", "zarr", "tensorstore", "dask"], report)}
     assert set(rows) == ({("crops", "warm", r) for r in readers}
                          | {("two", "warm", "dask_lsio")}
+                         | {(k, "warm", r) for k, names in boxes.items() for r in names}
                          | {("stream", "warm", r) for r in ("iter_blocks", "zarr-loop", "scan")})
     crops = [rows[("crops", "warm", r)] for r in readers]
     assert len({row["sum"] for row in crops}) == 1  # every reader delivered the same crops
     assert {row["work"] for row in crops} == {2 * 32}  # 2 batches of 32
+    for kind, n in (("boxes", 64), ("box", 16)):  # the same boxes from every reader
+        got = [rows[(kind, "warm", r)] for r in boxes[kind]]
+        assert len({row["sum"] for row in got}) == 1 and {row["work"] for row in got} == {n}
 
 
 def test_write(tmp_path, data_dir):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from zarr.codecs import BloscCodec
 from zarr_cases import arrays, make_array
 
-from dask_lsio.errors import ChunkDecodeError
+from dask_lsio.errors import ChunkDecodeError, LSIOError
 from dask_lsio.io import get_engine
 from dask_lsio.zarr.read import read_boxes
 from dask_lsio.zarr.shard import IndexCache
@@ -271,3 +271,64 @@ def test_sharded_chunk_several_boxes_need_is_decoded_once(tmp_path):
     got = read_boxes(spec, starts, (1, 4, 4), engine=engine)
     np.testing.assert_array_equal(got, expected_boxes(values, starts, (1, 4, 4), 0))
     assert engine.totals.snapshot()[("lsio-decoded", "bytes")] - before == 8 * 8 * 4
+
+
+# -- dask_lsio.read_boxes: the public batched read ---------------------------------------------
+def test_public_read_boxes_by_path_array_and_dims(tmp_path):
+    """dask_lsio.read_boxes equals numpy slicing of zarr-python's read: a path, a
+    zarr.Array, shards, boxes reaching outside (the fill value, or ``pad``), shapes by
+    dimension name; one engine batch per call."""
+    import dask_lsio
+
+    values = np.random.default_rng(5).random((12, 40, 48)).astype("float32")
+    z = zarr.create_array(tmp_path / "s", shape=values.shape, chunks=(1, 8, 8),
+                          shards=(4, 16, 16), dtype="float32", fill_value=-1.0,
+                          compressors=BloscCodec(cname="lz4"), dimension_names=("t", "y", "x"))
+    z[...] = values
+    rng = np.random.default_rng(6)
+    starts = np.stack([rng.integers(-1, n, 200) for n in values.shape], axis=1)
+    want = expected_boxes(zarr.open_array(tmp_path / "s")[...], starts, (1, 9, 10), -1.0)
+    engine = get_engine()
+    for source in (str(tmp_path / "s"), zarr.open_array(tmp_path / "s", mode="r")):
+        before = engine.stats["batches"]
+        got = dask_lsio.read_boxes(source, starts, (1, 9, 10))
+        assert engine.stats["batches"] - before <= 2  # (the shard indexes, then the data)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.float32 and got.shape == (200, 1, 9, 10)
+    whole_t = starts * [0, 1, 1]  # the axis not named is whole: its boxes start at 0
+    got = dask_lsio.read_boxes(z, whole_t.tolist(), {"y": 9, "x": 10}, pad=7.0)
+    np.testing.assert_array_equal(got, expected_boxes(values, whole_t, (12, 9, 10), 7.0))
+    assert dask_lsio.read_boxes(z, np.zeros((0, 3), int), (1, 2, 2)).shape == (0, 1, 2, 2)
+    # one box per call (the array resolved once); then the array grows: its new shape holds
+    for s in starts[:20]:
+        np.testing.assert_array_equal(dask_lsio.read_boxes(z, [s], (1, 9, 10)),
+                                      want[[np.flatnonzero((starts == s).all(1))[0]]])
+    z.resize((14, 40, 48))
+    z[12:] = 5.0
+    got = dask_lsio.read_boxes(z, [[12, 0, 0], [13, 35, 40]], (2, 9, 10))
+    np.testing.assert_array_equal(got[0], np.concatenate([np.full((1, 9, 10), 5.0, "f4"),
+                                                          np.full((1, 9, 10), 5.0, "f4")]))
+    assert (got[1][:, 5:, 8:] == -1.0).all() and (got[1][0, :5, :8] == 5.0).all()
+
+
+def test_public_read_boxes_refuses_bad_starts_and_several_arrays(tmp_path):
+    import dask_lsio
+
+    z = zarr.create_array(tmp_path / "a", shape=(4, 8), chunks=(2, 4), dtype="int16")
+    z[...] = 1
+    for bad in ([0, 1], [[0, 1, 2]], [[0.5, 1.0]]):
+        with pytest.raises(ValueError, match="starts must be integers of shape"):
+            dask_lsio.read_boxes(z, bad, (1, 2))
+    with pytest.raises(ValueError, match="axes"):
+        dask_lsio.read_boxes(z, [[0, 0]], (1, 2, 3))
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset({"a": (("y", "x"), np.ones((4, 8))), "b": (("y", "x"), np.zeros((4, 8)))})
+    with pytest.raises(LSIOError, match="not a dask array; open it with dask_lsio.open_zarr"):
+        dask_lsio.read_boxes(ds["a"], [[0, 0]], (1, 2))  # in memory: nothing to read
+    ds.to_zarr(tmp_path / "g", zarr_format=3, consolidated=False)
+    ds = dask_lsio.open_zarr(tmp_path / "g", consolidated=False)
+    with pytest.raises(ValueError, match="reads one array"):
+        dask_lsio.read_boxes(ds, [[0, 0]], (1, 2))
+    got = dask_lsio.read_boxes(ds["b"], [[1, 6]], (2, 3))
+    np.testing.assert_array_equal(got, np.pad(np.zeros((2, 2)), ((0, 0), (0, 1)),
+                                              constant_values=np.nan)[None])

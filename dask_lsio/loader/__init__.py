@@ -1,6 +1,8 @@
 """Data loaders: random-crop batches for training (RandomCrops, and TorchCrops for a torch
-DataLoader) and ordered block streaming (iter_blocks)."""
+DataLoader), many small selections at once (read_boxes) and ordered block streaming
+(iter_blocks)."""
 
+from .boxes import read_boxes
 from .crops import RandomCrops
 from .stream import iter_blocks
 
@@ -14,4 +16,4 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["RandomCrops", "TorchCrops", "iter_blocks"]
+__all__ = ["RandomCrops", "TorchCrops", "iter_blocks", "read_boxes"]

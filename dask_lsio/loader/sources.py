@@ -171,6 +171,8 @@ def _source_of_dask(arr: Any, name: str) -> tuple[ArraySpec | None, zarr.Array |
     try:
         return spec_of_dask(arr, name), None
     except LSIOError:
+        if not hasattr(arr, "__dask_graph__"):  # in memory: the error says what to pass
+            raise
         found = [v for v in arr.__dask_graph__().values() if isinstance(v, zarr.Array)]
         if len(found) != 1 or tuple(found[0].shape) != tuple(arr.shape):
             raise
