@@ -13,6 +13,11 @@ files of 1x128x128, blosc-lz4; ``--quick``: 128 steps; ``--tiny``: 16), generate
 ``dask-coarse``   ``dask.array.from_zarr(path, chunks=<dask_lsio's blocks>).sum()``: dask's
                   reader with the same few coarse tasks, to show what the engine adds
                   beyond task count
+``dask_lsio-unqueued``  ``dask_lsio`` with the scheduler's root-task queuing off for its
+                  runs (``distributed.scheduler.worker-saturation: inf``, set on the
+                  running scheduler and restored after each run)
+``dask_lsio-threads``   the same scan on dask's threaded scheduler in this process (two
+                  threads, the cluster's two cores): what the cluster is measured against
 
 Warm runs pre-read the dataset; cold runs (root only) drop the page cache before each run
 (``sync; echo 3 > /proc/sys/vm/drop_caches``; the workers' own memory is not touched). Every
@@ -50,7 +55,7 @@ from harness.workers import Worker, reason, serve, start_all
 from harness.zarr_data import STEPS, Dataset, make_specs, prepare_datasets
 
 SCRIPT = Path(__file__).resolve()
-READERS = ["dask_lsio", "dask", "dask-coarse"]
+READERS = ["dask_lsio", "dask", "dask-coarse", "dask_lsio-unqueued", "dask_lsio-threads"]
 TWINNED = {"dask_lsio"}  # the reader that is dask_lsio: its --baseline twin
 CLUSTER = dict(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                dashboard_address=None)
@@ -63,7 +68,7 @@ def scan(reader: str, path: str, blocks: Any) -> Any:
 
     import dask_lsio
 
-    if reader == "dask_lsio":
+    if reader.startswith("dask_lsio"):
         return dask_lsio.from_zarr(path).sum(dtype="float64")
     if reader == "dask":
         return da.from_zarr(path).sum(dtype="float64")
@@ -73,11 +78,30 @@ def scan(reader: str, path: str, blocks: Any) -> Any:
 def timed(client: Any, reader: str, path: str, blocks: Any, cold: bool) -> dict:
     """One scan on the cluster; the graph is built before the clock starts."""
     job = scan(reader, path, blocks)
-    if cold:
-        drop_caches()
-    t0 = time.perf_counter()
-    total = client.compute(job).result()
-    return {"seconds": time.perf_counter() - t0, "sum": float(total)}
+    saturation = None
+    if reader == "dask_lsio-unqueued":
+        saturation = client.run_on_scheduler(_set_saturation, math.inf)
+    try:
+        if cold:
+            drop_caches()
+        t0 = time.perf_counter()
+        if reader == "dask_lsio-threads":
+            total = job.compute(scheduler="threads", num_workers=CLUSTER["n_workers"])
+        else:
+            total = client.compute(job).result()
+        seconds = time.perf_counter() - t0
+    finally:
+        if saturation is not None:
+            client.run_on_scheduler(_set_saturation, saturation)
+    return {"seconds": seconds, "sum": float(total)}
+
+
+def _set_saturation(value: float, dask_scheduler: Any = None) -> float:
+    """Set the running scheduler's worker-saturation (read per decision, not only at start:
+    inf turns root-task queuing off); return the value it had."""
+    old = dask_scheduler.WORKER_SATURATION
+    dask_scheduler.WORKER_SATURATION = value
+    return old
 
 
 class Served:
@@ -179,7 +203,8 @@ def report(results: list[Result], baseline: bool) -> tuple[list[dict], list[Chec
     """Print the table; the JSON rows and the "done when" check."""
     width = max([12] + [len(r.reader) for r in results])
     columns = [Column("cache", 6, "<"), Column("reader", width, "<"), Column("median s", 9),
-               Column("GB/s", 7), Column("x dask", 7)] + ([BASELINE_COLUMN] if baseline else [])
+               Column("GB/s", 7), Column("x dask", 7), Column("x threads", 9)] \
+        + ([BASELINE_COLUMN] if baseline else [])
     table: list[list[str] | Unavailable] = []
     rows = []
     for r in results:
@@ -190,18 +215,27 @@ def report(results: list[Result], baseline: bool) -> tuple[list[dict], list[Chec
             rows.append(row | {"error": r.error or "no runs"})
             continue
         x_dask, x_base = versus(results, r, "dask"), versus_baseline(results, r)
-        table.append([r.cache, r.reader, f"{r.median_s:.3f}", f"{r.gbps:.3f}", fmt(x_dask)]
-                     + ([fmt(x_base)] if baseline else []))
-        rows.append(row | {"median_s": r.median_s, "gb_per_s": r.gbps, "x_dask": x_dask}
+        x_threads = versus(results, r, "dask_lsio-threads")
+        table.append([r.cache, r.reader, f"{r.median_s:.3f}", f"{r.gbps:.3f}", fmt(x_dask),
+                      fmt(x_threads)] + ([fmt(x_base)] if baseline else []))
+        rows.append(row | {"median_s": r.median_s, "gb_per_s": r.gbps, "x_dask": x_dask,
+                           "x_threads": x_threads}
                     | ({"ratio_baseline": x_base} if baseline else {}))
     print()
-    print_table(columns, table, "GB/s: decimal, of the decoded array; x dask: GB/s over "
-                "dask.array.from_zarr's in the same cache state"
+    print_table(columns, table, "GB/s: decimal, of the decoded array; x dask, x threads: "
+                "GB/s over dask.array.from_zarr's on the cluster, and over dask_lsio's on the "
+                "threaded scheduler, in the same cache state"
                 + ("\n" + BASELINE_LEGEND if baseline else ""))
     ours, theirs = (lookup(results, n, cache="warm") for n in ("dask_lsio", "dask"))
     value = rel(ours.gbps if ours else None, theirs.gbps if theirs else None)
     checks = [Check("warm full scan on a 2-worker LocalCluster: dask_lsio / "
                     "dask.array.from_zarr", value, 5)]
+    threads = lookup(results, "dask_lsio-threads", cache="warm")
+    for name in ("dask_lsio", "dask_lsio-unqueued"):
+        mine = lookup(results, name, cache="warm")
+        checks.append(Check(f"warm full scan: {name} on the cluster / on the threaded "
+                            "scheduler", rel(mine.gbps if mine else None,
+                                             threads.gbps if threads else None), 0.8))
     return rows, checks
 
 

@@ -345,3 +345,67 @@ def test_blosc_encode_refuses_what_c_blosc_refuses():
     assert _kernel.encode_blosc(arr[::2], numcodecs.Blosc("lz4", 5, 1)) is None  # strided
     empty = _kernel.encode_blosc(arr[:0], numcodecs.Blosc("lz4", 5, 1))
     assert bytes(empty) == numcodecs.Blosc("lz4", 5, 1).encode(arr[:0])
+
+
+def test_blosc_units_equal_unit_by_unit():
+    """Many units of a strided block in one call: each unit's bytes are the one-unit
+    encoding of that unit; units of fill_value only (bit for bit: -0.0 is data where the
+    fill is 0.0) are skipped with size 0; a given buffer large enough is used."""
+    rng = np.random.default_rng(3)
+    block = rng.normal(size=(9, 12, 40)).astype("f4")[:, :, 2:38].transpose(0, 2, 1)  # strided
+    block[0:3, 0:6, 0:4] = 0
+    block[3:6, 0:6, 0:4] = -0.0
+    unit = (3, 6, 4)
+    starts = np.array([(a, b, c) for a in (0, 3, 6) for b in (0, 6, 30) for c in (0, 4, 8)])
+    codec = numcodecs.Blosc("lz4", 5, 1)
+    arena = np.empty(len(starts) * (int(np.prod(unit)) * 4 + 16) + 100, np.uint8)
+    got, sizes = _kernel.encode_blosc_units(block, starts, unit, codec,
+                                            np.asarray(0, "f4"), arena)
+    assert got is arena
+    offset = 0
+    for (a, b, c), size in zip(starts, sizes):
+        part = np.ascontiguousarray(block[a:a + 3, b:b + 6, c:c + 4])
+        if (a, b, c) == (0, 0, 0):
+            assert size == 0  # all +0.0: fill
+            continue
+        assert bytes(got[offset:offset + size]) == bytes(_kernel.encode_blosc(part, codec))
+        offset += size
+    _, all_written = _kernel.encode_blosc_units(block, starts, unit, codec, None)
+    assert (all_written > 0).all()  # no fill given: every unit encoded
+
+
+def test_blosc_units_refuse_units_outside_and_settings_c_blosc_refuses():
+    block = np.zeros((4, 4), "f4")
+    codec = numcodecs.Blosc("lz4", 5, 1)
+    with pytest.raises(ValueError, match="reach outside the block"):
+        _kernel.encode_blosc_units(block, np.array([[2, 0]]), (3, 4), codec, None)
+    with pytest.raises(ValueError, match="reach outside the block"):
+        _kernel.encode_blosc_units(block, np.array([[-1, 0]]), (2, 2), codec, None)
+    snappy = numcodecs.Blosc("snappy", 5, 1)  # not built: the caller encodes unit by unit
+    assert _kernel.encode_blosc_units(block, np.array([[0, 0]]), (2, 2), snappy, None) is None
+    assert _kernel.encode_blosc_units(block[:, ::-1], np.array([[0, 0]]), (2, 2), codec,
+                                      None) is None  # negative strides
+    arena, sizes = _kernel.encode_blosc_units(block, np.zeros((0, 2)), (2, 2), codec, None)
+    assert sizes.size == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_coalesce_in_c_equals_the_python_loop(seed):
+    """The kernel's merge of a shard's byte ranges into reads equals the loop it replaced:
+    shards changing, gaps under and over the limit, ranges that overlap (shards may point
+    several chunks at the same bytes), a chunk larger than the read limit alone."""
+    from dask_lsio.zarr.shard import coalesce_loop
+
+    rng = np.random.default_rng(seed)
+    n = 2000
+    shards = np.sort(rng.integers(0, 7, n))
+    lengths = rng.integers(0, 3000, n)
+    lengths[::97] = 50_000  # past the limit on their own
+    offsets = rng.integers(0, 200_000, n)
+    offsets[1::13] = offsets[::13][:len(offsets[1::13])]  # shared bytes
+    order = np.lexsort((offsets, shards))
+    sh, off, end = shards[order], offsets[order], (offsets + lengths)[order]
+    for gap, limit in [(0, 1 << 20), (1024, 16_384), (4096, 1), (-1, 1 << 30)]:
+        got = _kernel.coalesce_sorted(sh, off, end, gap, limit)
+        np.testing.assert_array_equal(got, coalesce_loop(sh, off, end, gap, limit))
+    assert _kernel.coalesce_sorted(sh[:0], off[:0], end[:0], 0, 1).size == 0

@@ -93,3 +93,34 @@ def test_integer_and_bool_dtypes(tmp_path):
         values = (np.random.default_rng(1).random(SHAPE) * 40).astype(dtype)
         write_region(spec, whole(spec), values)
         np.testing.assert_array_equal(z[...], values, err_msg=dtype)
+
+
+@pytest.mark.parametrize("dtype,fill", [("float32", 0), ("float32", np.nan), ("int16", 3),
+                                        ("uint8", 0), ("float64", 1.5)])
+@pytest.mark.parametrize("write_empty", [False, True])
+def test_units_encoded_in_one_call_equal_unit_by_unit(tmp_path, monkeypatch, dtype, fill,
+                                                      write_empty):
+    """A task's whole units go to the kernel in groups (one call each); edge units, and
+    everything when more threads encode, go unit by unit: both store the same objects, byte
+    for byte, and zarr-python reads back the values (fill_value units skipped alike, -0.0
+    kept as data where the fill is 0)."""
+    from dask_lsio.zarr import write as write_module
+
+    monkeypatch.setattr(write_module, "ENCODE_GROUP_BYTES", 4 * 5 * 7 * 8 * 2)  # small groups
+    values = (np.random.default_rng(2).normal(size=SHAPE) * 20).astype(dtype)
+    values[:4, :5] = fill
+    if dtype.startswith("float") and fill == 0:
+        values[4:8, 5:10] = -0.0
+    stored = {}
+    for threads in (1, 2):
+        spec, z = create(tmp_path / str(threads), "blosc", dtype=dtype, fill=fill)
+        write_region(spec, whole(spec), values, write_empty_chunks=write_empty, threads=threads)
+        np.testing.assert_array_equal(z[...], values)
+        root = tmp_path / str(threads) / "c"
+        stored[threads] = {p.relative_to(root): p.read_bytes()
+                           for p in root.rglob("*") if p.is_file()}
+    assert stored[1] == stored[2]
+    assert len(stored[1]) == 3 * 3 * 1 - (0 if write_empty else 1)
+    if dtype.startswith("float") and fill == 0:
+        got = z[4:8, 5:10]
+        assert np.signbit(got).all()  # -0.0 written as data

@@ -56,6 +56,13 @@ int64_t lsio_kernel_zstd_contexts(void);
 int lsio_kernel_gather(const char *src, int32_t ndim, const int64_t *shape,
                        const int64_t *strides, int64_t itemsize, char *dst);
 
+/* Byte ranges (n, sorted by shard then offset: shard[k], off[k] to end[k]) merged into
+ * reads: a range goes on in the read before it when of the same shard, at most gap bytes
+ * past the read's furthest byte, and the read then spans at most limit bytes. Writes the
+ * index of each read's first range to firsts (room for n); returns the number of reads. */
+int64_t lsio_kernel_coalesce(int64_t n, const int64_t *shard, const int64_t *off,
+                             const int64_t *end, int64_t gap, int64_t limit, int64_t *firsts);
+
 /* c-blosc 1.x compression of the n bytes at src into dst (cap bytes, at least n + 16), as
  * numcodecs' Blosc.encode does it (one thread, a context of this call's own), with the GIL
  * released: the compressed size, or -1 when c-blosc refuses (n past its 2 GiB limit, an
@@ -63,6 +70,22 @@ int lsio_kernel_gather(const char *src, int32_t ndim, const int64_t *shape,
 int64_t lsio_kernel_encode_blosc(const char *src, int64_t n, char *dst, int64_t cap,
                                  int32_t clevel, int32_t shuffle, int64_t typesize,
                                  const char *cname, int64_t blocksize);
+
+/* Many write units of one block in one call (the GIL released once): unit i is the
+ * strided array at src + origins[i] (ndim dims of `shape`, byte `strides`), gathered into
+ * scratch (scratch_cap bytes, at least a unit's), skipped when fill is not NULL and every
+ * item equals the itemsize bytes at fill (sizes[i] = 0), else blosc-encoded as
+ * lsio_kernel_encode_blosc does, right after the unit before it in dst (sizes[i] its bytes).
+ * dst needs room for every unit's worst case: nunits * (unit bytes + 16). Returns the bytes
+ * used in dst, or -1 (invalid dimensions, no room, c-blosc refused: sizes are then not all
+ * set). The caller guarantees every unit lies inside src's array. */
+int64_t lsio_kernel_encode_blosc_units(const char *src, int32_t ndim, const int64_t *shape,
+                                       const int64_t *strides, int64_t itemsize,
+                                       int64_t nunits, const int64_t *origins,
+                                       const char *fill, char *scratch, int64_t scratch_cap,
+                                       char *dst, int64_t cap, int64_t *sizes,
+                                       int32_t clevel, int32_t shuffle, const char *cname,
+                                       int64_t blocksize);
 
 /* The hook for hooked read batches: ctx is a lsio_kplan. Returns 0 or 1 (see job_err). */
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n);

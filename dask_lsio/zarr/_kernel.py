@@ -199,6 +199,20 @@ def gather(src: np.ndarray, out: np.ndarray) -> bool:
     return err == 0
 
 
+def coalesce_sorted(shards: np.ndarray, offsets: np.ndarray, ends: np.ndarray, gap: int,
+                    limit: int) -> np.ndarray | None:
+    """Where each merged read starts among byte ranges sorted by shard, then offset (see
+    :func:`dask_lsio.zarr.shard.coalesce`), in C: a loop over every inner chunk planned,
+    131,072 per task of a scan of 1 KiB chunks. None when the kernel is not built."""
+    if lib is None:
+        return None
+    cols = [np.ascontiguousarray(a, dtype=np.int64) for a in (shards, offsets, ends)]
+    firsts = np.empty(len(cols[0]), np.int64)
+    m = lib.lsio_kernel_coalesce(len(firsts), *(ffi.from_buffer("int64_t[]", a) for a in cols),
+                                 int(gap), int(limit), ffi.from_buffer("int64_t[]", firsts))
+    return firsts[:m]
+
+
 def encode_blosc(arr: np.ndarray, codec: Any, out: np.ndarray | None = None
                  ) -> memoryview | None:
     """numcodecs ``Blosc`` ``codec``'s encoding of the C-contiguous ``arr`` (its item size
@@ -222,3 +236,50 @@ def encode_blosc(arr: np.ndarray, codec: Any, out: np.ndarray | None = None
         ffi.from_buffer("char[]", out), out.size, int(codec.clevel), int(shuffle),
         arr.dtype.itemsize, str(codec.cname).encode(), int(codec.blocksize))
     return None if got < 0 else memoryview(out)[:got]
+
+
+def encode_blosc_units(block: np.ndarray, starts: np.ndarray, unit: tuple[int, ...],
+                       codec: Any, fill: np.ndarray | None, arena: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray] | None:
+    """numcodecs ``Blosc`` ``codec``'s encoding of many write units of ``block`` in one
+    kernel call, with the GIL released once (a Python loop over units pays the interpreter
+    and a GIL hand-off per unit, which two writing threads contend for).
+
+    Unit ``i`` is ``block[starts[i, 0]:starts[i, 0] + unit[0], ...]``; each must lie inside
+    ``block``. A unit whose items all equal ``fill`` (a 0-d array of ``block``'s dtype;
+    compared bit for bit) is not encoded: its size is 0. Returns ``(arena, sizes)``: the
+    encoded units one after the other in ``arena`` (``arena`` reused when large enough),
+    ``sizes[i]`` bytes each. None when the kernel cannot (not built, a dtype or a setting
+    it does not take): the caller encodes unit by unit, which says what is wrong.
+    """
+    if lib is None or block.dtype.hasobject or block.ndim != len(unit) \
+            or block.ndim > MAX_DIM or any(s < 0 for s in block.strides):
+        return None
+    starts = np.ascontiguousarray(starts, dtype=np.int64).reshape(-1, block.ndim)
+    if ((starts < 0) | (starts + np.array(unit, np.int64) > np.array(block.shape))).any():
+        raise ValueError(f"units of {unit} at {starts.tolist()[:4]}... reach outside the "
+                         f"block of {block.shape}")
+    shuffle = codec.shuffle
+    if shuffle == -1:  # numcodecs' AUTOSHUFFLE
+        shuffle = 2 if block.dtype.itemsize == 1 else 1
+    nbytes = int(np.prod(unit)) * block.dtype.itemsize
+    need = len(starts) * (nbytes + 16)  # BLOSC_MAX_OVERHEAD per unit: room for any input
+    if arena is None or arena.dtype != np.uint8 or arena.size < need \
+            or not arena.flags.c_contiguous:
+        arena = np.empty(need, np.uint8)
+    sizes = np.zeros(len(starts), np.int64)
+    if not len(starts):
+        return arena, sizes
+    origins = np.ascontiguousarray(starts @ np.array(block.strides, np.int64))
+    scratch = np.empty(nbytes, np.uint8)
+    fill_bytes = ffi.NULL if fill is None else ffi.from_buffer(
+        "char[]", np.ascontiguousarray(fill, dtype=block.dtype).reshape(1).view(np.uint8))
+    got = lib.lsio_kernel_encode_blosc_units(
+        ffi.cast("const char *", block.__array_interface__["data"][0]), block.ndim,
+        ffi.from_buffer("int64_t[]", np.array(unit, np.int64)),
+        ffi.from_buffer("int64_t[]", np.array(block.strides, np.int64)),
+        block.dtype.itemsize, len(starts), ffi.from_buffer("int64_t[]", origins), fill_bytes,
+        ffi.from_buffer("char[]", scratch), scratch.size, ffi.from_buffer("char[]", arena),
+        arena.size, ffi.from_buffer("int64_t[]", sizes), int(codec.clevel), int(shuffle),
+        str(codec.cname).encode(), int(codec.blocksize))
+    return None if got < 0 else (arena, sizes)

@@ -126,6 +126,48 @@ int64_t lsio_kernel_encode_blosc(const char *src, int64_t n, char *dst, int64_t 
     return got > 0 ? got : -1;
 }
 
+/* Whether the n bytes at buf are all the item `fill` (itemsize bytes), bit for bit: the
+ * first item is fill and every item equals the one before it. */
+static int all_fill(const char *buf, int64_t n, const char *fill, int64_t itemsize) {
+    if (n < itemsize || memcmp(buf, fill, (size_t)itemsize) != 0) return 0;
+    return memcmp(buf, buf + itemsize, (size_t)(n - itemsize)) == 0;
+}
+
+int64_t lsio_kernel_encode_blosc_units(const char *src, int32_t ndim, const int64_t *shape,
+                                       const int64_t *strides, int64_t itemsize,
+                                       int64_t nunits, const int64_t *origins,
+                                       const char *fill, char *scratch, int64_t scratch_cap,
+                                       char *dst, int64_t cap, int64_t *sizes,
+                                       int32_t clevel, int32_t shuffle, const char *cname,
+                                       int64_t blocksize) {
+    if (ndim < 0 || ndim > LSIO_KMAXDIM || itemsize <= 0 || nunits < 0 || cap < 0) return -1;
+    int64_t n = itemsize;
+    for (int d = 0; d < ndim; d++) {
+        if (shape[d] <= 0 || shape[d] > BLOSC_MAX_BUFFERSIZE / n) return -1;
+        n *= shape[d];
+    }
+    if (scratch_cap < n) return -1;
+    int64_t used = 0;
+    for (int64_t i = 0; i < nunits; i++) {
+        if (lsio_kernel_gather(src + origins[i], ndim, shape, strides, itemsize, scratch))
+            return -1;
+        if (fill != NULL && all_fill(scratch, n, fill, itemsize)) {
+            sizes[i] = 0;
+            continue;
+        }
+        /* exactly the room numcodecs gives c-blosc: given more, c-blosc may keep a
+         * compressed stream longer than the input instead of storing the input as is */
+        int64_t room = n + BLOSC_MAX_OVERHEAD;
+        if (cap - used < room) return -1;
+        int64_t got = lsio_kernel_encode_blosc(scratch, n, dst + used, room, clevel, shuffle,
+                                               itemsize, cname, blocksize);
+        if (got <= 0) return -1;
+        sizes[i] = got;
+        used += got;
+    }
+    return used;
+}
+
 int lsio_decode_blosc(const char *src, int64_t n, char *dst, int64_t want) {
     int e = lsio_blosc_header(src, n, want);
     if (e) return e;

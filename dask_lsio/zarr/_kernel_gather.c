@@ -1,4 +1,5 @@
-/* dask-lsio kernel: gathering a strided selection into C order, for encoders.
+/* dask-lsio kernel: gathering a strided selection into C order, for encoders; merging the
+ * byte ranges of a shard's inner chunks into reads (a loop over every chunk planned).
  *
  * numpy copies a chunk out of a larger block row by row with a per-row overhead: a
  * (1024, 16, 16) float32 chunk of a (1024, 128, 128) block (rows of 64 bytes) at 1.1 GiB/s
@@ -70,4 +71,23 @@ int lsio_kernel_gather(const char *src, int32_t ndim, const int64_t *shape,
     }
     gather_nd(&c, 0, src, dst);
     return 0;
+}
+
+int64_t lsio_kernel_coalesce(int64_t n, const int64_t *shard, const int64_t *off,
+                             const int64_t *end, int64_t gap, int64_t limit, int64_t *firsts) {
+    if (n < 0) return -1;
+    int64_t m = 0, begin = 0, last = 0;
+    for (int64_t k = 0; k < n; k++) {
+        /* the same range: same shard, at most gap bytes after what it holds so far, and
+         * the range stays within limit bytes (unless one chunk alone is larger) */
+        if (m > 0 && shard[k] == shard[k - 1] && off[k] <= last + gap &&
+            end[k] - begin <= limit) {
+            if (end[k] > last) last = end[k];
+        } else {
+            firsts[m++] = k;
+            begin = off[k];
+            last = end[k];
+        }
+    }
+    return m;
 }

@@ -150,9 +150,14 @@ def distinct_units(cells: Cells, counts: tuple[int, ...]) -> tuple[np.ndarray, n
     """The distinct cells (grid positions, C order) and, per row of ``cells``, which one it
     is. ``counts``: cells per axis. (np.unique of rows compares bytes: 10x slower than of
     flat indices.)"""
+    return distinct_rows(cells.pos, counts)
+
+
+def distinct_rows(pos: np.ndarray, counts: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`distinct_units` of grid positions ``pos`` (one row each)."""
     if not counts:
-        return cells.pos[:1], np.zeros(len(cells), np.int64)
-    ids, which = np.unique(np.ravel_multi_index(tuple(cells.pos.T), counts), return_inverse=True)
+        return pos[:1], np.zeros(len(pos), np.int64)
+    ids, which = np.unique(np.ravel_multi_index(tuple(pos.T), counts), return_inverse=True)
     return np.stack(np.unravel_index(ids, counts), axis=1), which.reshape(-1)
 
 
@@ -187,8 +192,8 @@ def shard_plan(spec: ArraySpec, cells: Cells, lookup: IndexLookup, gap: int,
     inner = spec.shard.inner
     per_shard = np.array(spec.shard.per_shard(spec.grid), np.int64)
     units, which = distinct_units(cells, tuple(-(-n // c) for n, c in zip(spec.shape, inner)))
-    shards, shard_no = np.unique(units // per_shard, axis=0, return_inverse=True)
-    shard_no = shard_no.reshape(-1)
+    shards, shard_no = distinct_rows(units // per_shard,
+                                     tuple(-(-n // g) for n, g in zip(spec.shape, spec.grid)))
     keys = spec.keys(shards)
     table = np.full((len(shards), int(np.prod(per_shard)), 2), EMPTY, np.uint64)
     for s, index in enumerate(lookup(shards, keys)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import threading
 import time
 from typing import Any, Mapping
 
@@ -24,12 +25,18 @@ import numpy as np
 from .. import config, metrics
 from ..errors import BatchIOError, VersionConflictError
 from ..io import Engine
-from . import _decode
+from . import _decode, _kernel
 from . import shard
 from .execute import store_of
 from .plan import region_cells
 from .read import read_boxes
 from .spec import ArraySpec
+
+# Whole units the kernel encodes per call (encode_blosc_units): bytes of input per group.
+# Large enough that a call's fixed cost is nothing; small enough that the output buffer,
+# which a thread keeps for stores that write in start_put, stays a few MiB.
+ENCODE_GROUP_BYTES = 8 << 20
+_arenas = threading.local()
 
 
 def check_aligned(spec: ArraySpec, region: tuple[slice, ...]) -> None:
@@ -70,11 +77,18 @@ def write_region(spec: ArraySpec, region: tuple[slice, ...], values: np.ndarray,
     # in groups where the store says so: a group's writes are in flight (object stores)
     # while the next is encoded
     group = store.write_group or max(1, len(units))
+    batched = threads == 1 and _batch_encodable(spec, values, write_empty_chunks)
+    if batched:  # (more threads: the caller wants units encoded in parallel, unit by unit)
+        group = min(group, max(1, ENCODE_GROUP_BYTES // spec.codec.nbytes))
     started, deletes = [], []
     for lo in range(0, len(units), group):
         hi = min(lo + group, len(units))
         with metrics.timed(store.totals, "lsio-encode"):
-            _decode.run(((i,) for i in range(lo, hi)), encode, threads, store.decode_pool)
+            # a store whose write_group is 0 writes in start_put: the group's buffer is
+            # free again when the next group is encoded
+            rest = (_encode_batch(spec, values, units, lo, hi, encoded, write_empty_chunks,
+                                  store.write_group == 0) if batched else range(lo, hi))
+            _decode.run(((i,) for i in rest), encode, threads, store.decode_pool)
         writes = []
         for (p, _, _), data in zip(units[lo:hi], encoded[lo:hi]):
             if data is None:  # all fill_value: no object, and none left from an earlier one
@@ -235,6 +249,44 @@ def _is_fill(arr: np.ndarray, fill) -> bool:
     if not (np.isnan(first) if nan else first == fill):
         return False
     return bool(np.isnan(arr).all() if nan else (arr == fill).all())
+
+
+def _batch_encodable(spec: ArraySpec, values: np.ndarray, write_empty: bool) -> bool:
+    """Whether the kernel encodes ``values``' whole units in one call: unsharded, one blosc
+    codec (no checksum, no transpose), values already in the stored dtype, a numeric dtype
+    whose fill_value is compared bit for bit (a NaN fill matches any NaN: unit by unit)."""
+    codec = spec.codec
+    if spec.shard is not None or not codec.blosc_only or codec.crc32c or \
+            codec.order is not None or values.dtype != codec.dtype or \
+            values.dtype.kind not in "biuf" or _kernel.lib is None:
+        return False
+    return write_empty or not np.isnan(np.asarray(spec.fill_value, values.dtype))
+
+
+def _encode_batch(spec: ArraySpec, values: np.ndarray, units: list, lo: int, hi: int,
+                  encoded: list, write_empty: bool, recycle: bool) -> list[int]:
+    """Encode the whole units among ``units[lo:hi]`` in one kernel call into ``encoded``
+    (views of one buffer; None for units of fill_value only); return the indices left for
+    :func:`_encode_unit` (edge units, or all of them when the kernel declines). ``recycle``:
+    the buffer is this thread's, reused by its next call."""
+    whole = [i for i in range(lo, hi) if tuple(units[i][1]) == spec.grid]
+    if not whole:
+        return list(range(lo, hi))
+    fill = None if write_empty else np.asarray(spec.fill_value, values.dtype)
+    arena = getattr(_arenas, "buf", None) if recycle else None
+    done = _kernel.encode_blosc_units(values, np.array([units[i][2] for i in whole]),
+                                      spec.grid, spec.codec.byte_codecs[0], fill, arena)
+    if done is None:
+        return list(range(lo, hi))
+    arena, sizes = done
+    if recycle and arena.nbytes <= 2 * ENCODE_GROUP_BYTES:
+        _arenas.buf = arena
+    offset = 0
+    for i, size in zip(whole, sizes.tolist()):
+        encoded[i] = memoryview(arena)[offset:offset + size] if size else None
+        offset += size
+    taken = set(whole)
+    return [i for i in range(lo, hi) if i not in taken]
 
 
 def _encode_unit(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes | None:
