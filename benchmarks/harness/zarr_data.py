@@ -30,6 +30,7 @@ MANIFEST_VERSION = 1
 NY = NX = 512
 CHUNK = (1, 128, 128)
 SHARD = (16, 512, 512)
+TINY_CHUNK = (1, 16, 16)  # D: 1 KiB inner chunks, 16,384 per shard (2^20 in the full array)
 SLAB = 64  # time steps generated (and written) at a time
 DATA_SEED = 7
 STEPS = {"full": 1024, "quick": 128, "tiny": 16}  # axis 0 of the arrays, per size
@@ -44,12 +45,14 @@ class Spec:
     Parameters
     ----------
     name : str
-        "A", "B" or "C".
+        "A", "B", "C" or "D".
     codec : str
         "blosc-lz4", "zstd" (in shards) or "none".
     shape : tuple of int
     shards : tuple of int, optional
-        Shard shape (B); the chunk shape is always ``CHUNK``.
+        Shard shape (B, D).
+    chunks : tuple of int
+        Chunk shape: ``CHUNK``, D's ``TINY_CHUNK``.
     seed : int
         Seed of the noise, so the data is reproducible (and the same in A, B and C).
     """
@@ -116,12 +119,13 @@ class Dataset:
 
 
 def make_specs(steps: int) -> dict[str, Spec]:
-    """The three datasets, ``steps`` along axis 0."""
+    """The datasets, ``steps`` along axis 0 (D: the same shards as B, of tiny chunks)."""
     shape = (steps, NY, NX)
     return {
         "A": Spec("A", "blosc-lz4", shape),
         "B": Spec("B", "zstd", shape, shards=SHARD),
         "C": Spec("C", "none", shape),
+        "D": Spec("D", "blosc-lz4", shape, shards=SHARD, chunks=TINY_CHUNK),
     }
 
 
