@@ -200,8 +200,22 @@ def test_cluster(tmp_path, data_dir):
     pytest.importorskip("distributed")
     report, stdout = bench("cluster", tmp_path, data_dir)
     rows = rows_ok(report)
-    assert set(rows) == {("warm", r) for r in ("dask_lsio", "dask", "dask-coarse")}
+    assert set(rows) == {("warm", r) for r in ("dask_lsio", "dask", "dask-coarse",
+                                               "dask_lsio-unqueued", "dask_lsio-threads")}
     assert rows[("warm", "dask")]["x_dask"] == pytest.approx(1.0)
+    assert rows[("warm", "dask_lsio-threads")]["x_threads"] == pytest.approx(1.0)
+    assert "dask_lsio-unqueued on the cluster / on the threaded scheduler" in stdout
+
+
+def test_read_tiny_chunks(tmp_path, data_dir):
+    """Dataset D (inner chunks of 1x16x16) runs only when named: a scan by the readers that
+    plan chunks in bulk, every one's sum checked."""
+    report, stdout = bench("read", tmp_path, data_dir, "--only", "D", "--workloads", "scan",
+                           "--readers", "dask_lsio,zarrs,tensorstore")
+    rows = rows_ok(report)
+    readers = peers(["dask_lsio", "zarrs", "tensorstore"], report)
+    assert set(rows) == {("D", "warm", "scan", r) for r in readers}
+    assert "D warm scan (2^20 chunks of 1 KiB at full size): dask_lsio / zarrs" in stdout
 
 
 # One run per benchmark with this checkout as its own baseline, on a few readers: the twins
