@@ -7,20 +7,30 @@ the distributed scheduler, and ships the zarr array itself to read them).
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 from ..store import MemoryStore, Store
 
 IN_MEMORY_ON_CLUSTER = "Cannot store into in memory Zarr Array using the distributed scheduler."
 
 
+def active_client() -> Any | None:
+    """The default distributed client, or None (distributed not imported: no client can
+    exist, and importing it here would cost a second)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:  # no client
+        return None
+
+
 def distributed_client() -> bool:
     """Whether computations here go to a distributed cluster (a default client exists)."""
-    try:
-        from distributed import default_client
-
-        default_client()
-    except (ImportError, ValueError):
-        return False
-    return True
+    return active_client() is not None
 
 
 def out_of_reach(store: Store) -> bool:

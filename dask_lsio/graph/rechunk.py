@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,7 +26,7 @@ from ..errors import UnsupportedCodecError
 from ..store import Store
 from ..zarr.spec import ArraySpec, spec_from_array
 from . import rechunk_arrays as arrays
-from .clients import IN_MEMORY_ON_CLUSTER, out_of_reach
+from .clients import IN_MEMORY_ON_CLUSTER, active_client, out_of_reach
 from .rechunk_plan import Grid, Route, route, unit_bytes
 from .rechunk_tasks import CopyJob, cells_within, consumed_keys, done_blocks
 from .rechunked import ArrayPlan, RechunkStage, Rechunked
@@ -303,13 +302,9 @@ def _malloc_thresholds() -> tuple[int, int] | None:
 def _threads() -> int:
     """Threads that run tasks at once in a worker process: those of the distributed
     client's workers, else the threaded scheduler's."""
-    if "distributed" in sys.modules:
-        from distributed import default_client
-
-        try:
-            return max(1, max(default_client().nthreads().values(), default=1))
-        except ValueError:  # no client
-            pass
+    client = active_client()
+    if client is not None:
+        return max(1, max(client.nthreads().values(), default=1))
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 

@@ -6,7 +6,6 @@ end) and the records that describe it.
 from __future__ import annotations
 
 import hashlib
-import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from dask.utils import format_bytes
 from ..io import malloc
 from ..store import Store
 from . import rechunk_arrays as arrays
+from .clients import active_client
 from .rechunk_plan import Route
 from .rechunk_tasks import CopyJob, copy_block, remove_array
 
@@ -153,12 +153,15 @@ class Rechunked:
                 name = f"rechunk-copy-{token}-{a}-{i}"
                 keys = [(name, b) for b in todo]
                 for n, k in enumerate(keys):
-                    # read ahead the block READ_AHEAD places further in the chain; the
-                    # first of a chain also its own and those before that one
-                    first = n if lanes and n < lanes else n + READ_AHEAD * lanes
-                    ahead = [keys[m][1] for m in range(first, n + READ_AHEAD * lanes + 1,
-                                                       lanes or 1) if lanes and m < len(keys)]
-                    chain = (keys[n - lanes],) if lanes and n >= lanes else ()
+                    ahead: list = []
+                    chain: tuple = ()
+                    if lanes:
+                        # read ahead the block READ_AHEAD places further in the chain; the
+                        # first of a chain also its own and those between
+                        top = n + READ_AHEAD * lanes
+                        first = n if n < lanes else top
+                        ahead = [keys[m][1] for m in range(first, min(top + 1, len(keys)), lanes)]
+                        chain = (keys[n - lanes],) if n >= lanes else ()
                     dsk[k] = (copy_block, job, k[1], tuple(ahead), *after, *chain)
                 if i + 1 < len(p.jobs):  # the next pass reads what this one wrote
                     join = f"rechunk-pass-{token}-{a}-{i}"
@@ -212,15 +215,7 @@ def _threaded() -> bool:
     if chosen is not None:
         return chosen in ("threads", "threading", "sync", "synchronous", "single-threaded",
                           dask.threaded.get, dask.local.get_sync)
-    if "distributed" in sys.modules:
-        from distributed import default_client
-
-        try:
-            default_client()
-            return False
-        except ValueError:  # no client
-            pass
-    return True
+    return active_client() is None
 
 
 def _finish_first(results: Any, plan: Rechunked) -> Any:
