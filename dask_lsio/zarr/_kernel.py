@@ -223,9 +223,7 @@ def encode_blosc(arr: np.ndarray, codec: Any, out: np.ndarray | None = None
     too small): the caller encodes with numcodecs, which says what is wrong."""
     if lib is None or not arr.flags.c_contiguous or arr.dtype.hasobject:
         return None
-    shuffle = codec.shuffle
-    if shuffle == -1:  # numcodecs' AUTOSHUFFLE
-        shuffle = 2 if arr.dtype.itemsize == 1 else 1
+    shuffle = _shuffle(codec, arr.dtype.itemsize)
     n = arr.nbytes
     if out is None:
         out = np.empty(n + 16, np.uint8)  # BLOSC_MAX_OVERHEAD: room for any input
@@ -259,9 +257,7 @@ def encode_blosc_units(block: np.ndarray, starts: np.ndarray, unit: tuple[int, .
     if ((starts < 0) | (starts + np.array(unit, np.int64) > np.array(block.shape))).any():
         raise ValueError(f"units of {unit} at {starts.tolist()[:4]}... reach outside the "
                          f"block of {block.shape}")
-    shuffle = codec.shuffle
-    if shuffle == -1:  # numcodecs' AUTOSHUFFLE
-        shuffle = 2 if block.dtype.itemsize == 1 else 1
+    shuffle = _shuffle(codec, block.dtype.itemsize)
     nbytes = int(np.prod(unit)) * block.dtype.itemsize
     need = len(starts) * (nbytes + 16)  # BLOSC_MAX_OVERHEAD per unit: room for any input
     if arena is None or arena.dtype != np.uint8 or arena.size < need \
@@ -283,3 +279,9 @@ def encode_blosc_units(block: np.ndarray, starts: np.ndarray, unit: tuple[int, .
         arena.size, ffi.from_buffer("int64_t[]", sizes), int(codec.clevel), int(shuffle),
         str(codec.cname).encode(), int(codec.blocksize))
     return None if got < 0 else (arena, sizes)
+
+
+def _shuffle(codec: Any, itemsize: int) -> int:
+    """The c-blosc shuffle of numcodecs ``Blosc`` ``codec`` for items of ``itemsize`` bytes
+    (numcodecs' AUTOSHUFFLE, -1, resolved as numcodecs resolves it)."""
+    return (2 if itemsize == 1 else 1) if codec.shuffle == -1 else int(codec.shuffle)
