@@ -124,3 +124,35 @@ def test_units_encoded_in_one_call_equal_unit_by_unit(tmp_path, monkeypatch, dty
     if dtype.startswith("float") and fill == 0:
         got = z[4:8, 5:10]
         assert np.signbit(got).all()  # -0.0 written as data
+
+
+@pytest.mark.parametrize("index_location", ["end", "start"])
+@pytest.mark.parametrize("dtype,fill", [("float32", 0), ("float32", np.nan), ("int16", 3)])
+def test_shard_inner_chunks_encoded_in_one_call_equal_chunk_by_chunk(tmp_path, dtype, fill,
+                                                                     index_location):
+    """A shard of blosc inner chunks encoded by one kernel call is the shard the loop over
+    its inner chunks makes, byte for byte (fill_value chunks left out alike, -0.0 kept as
+    data where the fill is 0), and zarr-python reads back the values."""
+    from dask_lsio.zarr import shard
+    from dask_lsio.zarr.write import _bitwise_fill, _is_fill
+
+    z = zarr.create_array(str(tmp_path / "a"), shape=(8, 10, 7), chunks=(2, 5, 7),
+                          shards={"shape": (8, 10, 7), "index_location": index_location},
+                          dtype=dtype, fill_value=fill,
+                          compressors=BloscCodec(cname="lz4", shuffle="shuffle"))
+    spec = spec_from_array(*open_array(str(tmp_path / "a")))
+    values = (np.random.default_rng(4).normal(size=(8, 10, 7)) * 20).astype(dtype)
+    values[:2, :5] = fill
+    if dtype == "float32" and fill == 0:
+        values[2:4, :5] = -0.0
+    keep = lambda chunk: not _is_fill(chunk, fill)  # noqa: E731
+    fast = shard.encode(spec, values, keep, _bitwise_fill(spec, values.dtype, False))
+    slow = shard.encode(spec, values, keep)
+    assert bytes(fast) == bytes(slow)
+    every = shard.encode(spec, values, lambda chunk: True)  # a keep the kernel cannot do
+    assert bytes(shard.encode(spec, values)) == bytes(every)  # (no keep: the kernel)
+    write_region(spec, whole(spec), values)
+    np.testing.assert_array_equal(z[...], values)
+    np.testing.assert_array_equal(read_region(spec, whole(spec)), values)
+    assert shard.encode(spec, np.full((8, 10, 7), fill, dtype), keep,
+                        _bitwise_fill(spec, np.dtype(dtype), False)) is None

@@ -250,9 +250,9 @@ def encode_blosc_units(block: np.ndarray, starts: np.ndarray, unit: tuple[int, .
     ``sizes[i]`` bytes each. None when the kernel cannot (not built, a dtype or a setting
     it does not take): the caller encodes unit by unit, which says what is wrong.
     """
-    if lib is None or block.dtype.hasobject or block.ndim != len(unit) \
+    if lib is None or block.dtype.hasobject or block.ndim != len(unit) or block.ndim == 0 \
             or block.ndim > MAX_DIM or any(s < 0 for s in block.strides):
-        return None
+        return None  # (a 0-d array's one chunk: encoded on its own)
     starts = np.ascontiguousarray(starts, dtype=np.int64).reshape(-1, block.ndim)
     if ((starts < 0) | (starts + np.array(unit, np.int64) > np.array(block.shape))).any():
         raise ValueError(f"units of {unit} at {starts.tolist()[:4]}... reach outside the "

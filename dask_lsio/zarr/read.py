@@ -195,7 +195,9 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
     if cells is None:
         return out, None
     if spec.shard is None:
-        return out, planner.Run(spec, planner.chunk_plan(spec, cells), stacked, store, partial)
+        # one box's cells are distinct chunks
+        plan = planner.chunk_plan(spec, cells, distinct=len(starts) == 1)
+        return out, planner.Run(spec, plan, stacked, store, partial)
     reader = [store]
 
     def lookup(shards: np.ndarray, keys: list[str]) -> list:

@@ -251,14 +251,20 @@ def _forget_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_after_fork)
 
 
-def encode(spec: ArraySpec, unit: np.ndarray,
-           keep: Callable[[np.ndarray], bool] | None = None) -> bytes | memoryview | None:
+def encode(spec: ArraySpec, unit: np.ndarray, keep: Callable[[np.ndarray], bool] | None = None,
+           fill: np.ndarray | None = None) -> bytes | memoryview | None:
     """A shard of ``unit`` (the shard's values): its inner chunks encoded in C order and the
     index of (offset, nbytes) pairs, at the end or the start. Inner chunks ``keep`` refuses
-    (all fill_value) are left out; None when none is kept (no object)."""
+    (all fill_value) are left out; None when none is kept (no object). ``fill``: given
+    when ``keep`` refuses exactly the chunks whose items all equal it bit for bit (a 0-d
+    array of the unit's dtype), so the kernel can check that while encoding."""
     layout = spec.shard
     per_shard = layout.per_shard(spec.grid)
     if spec.codec.blosc_only and not spec.codec.crc32c:
+        if keep is None or fill is not None:
+            done = _encode_batched(spec, unit, fill)
+            if done is not _DECLINED:
+                return done
         return _encode_in_place(spec, unit, keep)
     index = np.full((*per_shard, 2), EMPTY, dtype="<u8")
     head = layout.index_nbytes(spec.grid) if not layout.index_at_end else 0
@@ -273,6 +279,47 @@ def encode(spec: ArraySpec, unit: np.ndarray,
     raw = _index_bytes(layout, index)
     # one join (one allocation and copy of the shard, not two)
     return b"".join([raw, *parts] if not layout.index_at_end else [*parts, raw])
+
+
+_DECLINED = object()  # _encode_batched: the kernel does not take this shard
+
+
+def _encode_batched(spec: ArraySpec, unit: np.ndarray, fill: np.ndarray | None) -> Any:
+    """:func:`encode` of inner chunks of one blosc codec in ONE kernel call (gather, the
+    fill check, c-blosc; the GIL released once for the shard, not per inner chunk): each
+    chunk right after the one before in one shard buffer. ``_DECLINED`` when the kernel
+    does not take it (not built, a transpose, values not in the stored dtype)."""
+    from ._kernel import encode_blosc_units  # (the kernel's module imports this one)
+
+    codec, layout = spec.codec, spec.shard
+    if unit.dtype != codec.dtype or codec.order is not None or unit.dtype.kind not in "biuf" \
+            or unit.shape != spec.grid:
+        return _DECLINED
+    per_shard = layout.per_shard(spec.grid)
+    n = int(np.prod(per_shard))
+    starts = np.stack(np.unravel_index(np.arange(n), per_shard), axis=1) * np.array(layout.inner)
+    index_bytes = layout.index_nbytes(spec.grid)
+    head = 0 if layout.index_at_end else index_bytes
+    room = n * (codec.nbytes + 16)  # c-blosc's output is at most its input + 16 bytes
+    buf = np.empty(head + room + index_bytes, np.uint8)
+    done = encode_blosc_units(unit, starts, layout.inner, codec.byte_codecs[0], fill,
+                              buf[head:head + room])
+    if done is None:
+        return _DECLINED
+    _, sizes = done
+    if not sizes.any():  # no chunk kept
+        return None
+    offsets = head + np.cumsum(sizes) - sizes
+    index = np.full((n, 2), EMPTY, dtype="<u8")
+    kept = sizes > 0
+    index[kept, 0], index[kept, 1] = offsets[kept], sizes[kept]
+    raw = np.frombuffer(_index_bytes(layout, index.reshape(*per_shard, 2)), np.uint8)
+    end = head + int(sizes.sum())
+    if layout.index_at_end:
+        buf[end:end + len(raw)] = raw
+        return memoryview(buf)[:end + len(raw)]
+    buf[:len(raw)] = raw
+    return memoryview(buf)[:end]
 
 
 def _encode_in_place(spec: ArraySpec, unit: np.ndarray,

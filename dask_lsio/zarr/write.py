@@ -35,7 +35,7 @@ from .spec import ArraySpec
 # Whole units the kernel encodes per call (encode_blosc_units): bytes of input per group.
 # Large enough that a call's fixed cost is nothing; small enough that the output buffer,
 # which a thread keeps for stores that write in start_put, stays a few MiB.
-ENCODE_GROUP_BYTES = 8 << 20
+ENCODE_GROUP_BYTES = 2 << 20
 _arenas = threading.local()
 
 
@@ -251,6 +251,16 @@ def _is_fill(arr: np.ndarray, fill) -> bool:
     return bool(np.isnan(arr).all() if nan else (arr == fill).all())
 
 
+def _bitwise_fill(spec: ArraySpec, dtype: np.dtype, write_empty: bool) -> np.ndarray | None:
+    """fill_value as a 0-d array of ``dtype`` where :func:`_is_fill` amounts to comparing
+    items bit for bit with it (the kernel's check): not for a NaN fill (any NaN matches),
+    nor when every unit is written anyway."""
+    if write_empty or dtype.kind not in "biuf":
+        return None
+    fill = np.asarray(spec.fill_value, dtype)
+    return None if np.isnan(fill) else fill
+
+
 def _batch_encodable(spec: ArraySpec, values: np.ndarray, write_empty: bool) -> bool:
     """Whether the kernel encodes ``values``' whole units in one call: unsharded, one blosc
     codec (no checksum, no transpose), values already in the stored dtype, a numeric dtype
@@ -260,7 +270,7 @@ def _batch_encodable(spec: ArraySpec, values: np.ndarray, write_empty: bool) -> 
             codec.order is not None or values.dtype != codec.dtype or \
             values.dtype.kind not in "biuf" or _kernel.lib is None:
         return False
-    return write_empty or not np.isnan(np.asarray(spec.fill_value, values.dtype))
+    return write_empty or _bitwise_fill(spec, values.dtype, write_empty) is not None
 
 
 def _encode_batch(spec: ArraySpec, values: np.ndarray, units: list, lo: int, hi: int,
@@ -272,7 +282,7 @@ def _encode_batch(spec: ArraySpec, values: np.ndarray, units: list, lo: int, hi:
     whole = [i for i in range(lo, hi) if tuple(units[i][1]) == spec.grid]
     if not whole:
         return list(range(lo, hi))
-    fill = None if write_empty else np.asarray(spec.fill_value, values.dtype)
+    fill = _bitwise_fill(spec, values.dtype, write_empty)
     arena = getattr(_arenas, "buf", None) if recycle else None
     done = _kernel.encode_blosc_units(values, np.array([units[i][2] for i in whole]),
                                       spec.grid, spec.codec.byte_codecs[0], fill, arena)
@@ -296,4 +306,4 @@ def _encode_unit(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes 
             return None
         return spec.codec.encode(unit)
     keep = None if write_empty else (lambda chunk: not _is_fill(chunk, spec.fill_value))
-    return shard.encode(spec, unit, keep)
+    return shard.encode(spec, unit, keep, _bitwise_fill(spec, unit.dtype, write_empty))
