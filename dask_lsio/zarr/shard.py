@@ -302,11 +302,11 @@ def _encode_batched(spec: ArraySpec, unit: np.ndarray, fill: np.ndarray | None) 
     head = 0 if layout.index_at_end else index_bytes
     room = n * (codec.nbytes + 16)  # c-blosc's output is at most its input + 16 bytes
     buf = np.empty(head + room + index_bytes, np.uint8)
-    done = encode_blosc_units(unit, starts, layout.inner, codec.byte_codecs[0], fill,
-                              buf[head:head + room])
-    if done is None:
+    slots = buf[head:head + room]
+    done = encode_blosc_units(unit, starts, layout.inner, codec.byte_codecs[0], fill, slots)
+    if done is None or done[0] is not slots:  # (declined, or encoded elsewhere)
         return _DECLINED
-    _, sizes = done
+    sizes = done[1]
     if not sizes.any():  # no chunk kept
         return None
     offsets = head + np.cumsum(sizes) - sizes
