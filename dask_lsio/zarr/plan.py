@@ -11,7 +11,6 @@ same columns, so both place the same values.
 from __future__ import annotations
 
 import itertools
-
 from dataclasses import dataclass
 from typing import Any, Callable
 
