@@ -133,7 +133,7 @@ def test_shard_inner_chunks_encoded_in_one_call_equal_chunk_by_chunk(tmp_path, d
     """A shard of blosc inner chunks encoded by one kernel call is the shard the loop over
     its inner chunks makes, byte for byte (fill_value chunks left out alike, -0.0 kept as
     data where the fill is 0), and zarr-python reads back the values."""
-    from dask_lsio.zarr import shard
+    from dask_lsio.zarr import shard_encode as shard
     from dask_lsio.zarr.write import _bitwise_fill, _is_fill
 
     z = zarr.create_array(str(tmp_path / "a"), shape=(8, 10, 7), chunks=(2, 5, 7),

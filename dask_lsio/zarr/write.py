@@ -25,8 +25,7 @@ import numpy as np
 from .. import config, metrics
 from ..errors import BatchIOError, VersionConflictError
 from ..io import Engine
-from . import _decode, _kernel
-from . import shard
+from . import _decode, _kernel, shard, shard_encode
 from .execute import store_of
 from .plan import region_cells
 from .read import read_boxes
@@ -306,4 +305,4 @@ def _encode_unit(spec: ArraySpec, unit: np.ndarray, write_empty: bool) -> bytes 
             return None
         return spec.codec.encode(unit)
     keep = None if write_empty else (lambda chunk: not _is_fill(chunk, spec.fill_value))
-    return shard.encode(spec, unit, keep, _bitwise_fill(spec, unit.dtype, write_empty))
+    return shard_encode.encode(spec, unit, keep, _bitwise_fill(spec, unit.dtype, write_empty))
