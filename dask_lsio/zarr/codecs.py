@@ -170,6 +170,13 @@ class ChunkCodec:
         return not self.filters and len(self.byte_codecs) == 1 and \
             isinstance(self.byte_codecs[0], numcodecs.blosc.Blosc)
 
+    def batch_encodes(self, dtype: np.dtype) -> bool:
+        """Whether the kernel's batch encoder (``encode_blosc_units``) takes values of
+        ``dtype`` for this chain: one blosc codec, no checksum, no transpose, the values
+        already in the stored dtype, and numeric (booleans, integers, floats)."""
+        return self.blosc_only and not self.crc32c and self.order is None and \
+            dtype == self.dtype and dtype.kind in "biuf"
+
     def encode_into(self, chunk: np.ndarray, out: np.ndarray) -> int | None:
         """:meth:`encode` into ``out`` (uint8, at least the chunk's bytes + 16): the number
         of bytes written, or None when this chain or this build cannot (``blosc_only``

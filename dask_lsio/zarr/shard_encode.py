@@ -63,8 +63,7 @@ def _encode_batched(spec: ArraySpec, unit: np.ndarray, fill: np.ndarray | None) 
     from ._kernel import encode_blosc_units  # (the kernel's module imports this one)
 
     codec, layout = spec.codec, spec.shard
-    if unit.dtype != codec.dtype or codec.order is not None or unit.dtype.kind not in "biuf" \
-            or unit.shape != spec.grid:
+    if not codec.batch_encodes(unit.dtype) or unit.shape != spec.grid:
         return _DECLINED
     per_shard = layout.per_shard(spec.grid)
     n = int(np.prod(per_shard))
@@ -84,13 +83,7 @@ def _encode_batched(spec: ArraySpec, unit: np.ndarray, fill: np.ndarray | None) 
     index = np.full((n, 2), EMPTY, dtype="<u8")
     kept = sizes > 0
     index[kept, 0], index[kept, 1] = offsets[kept], sizes[kept]
-    raw = np.frombuffer(_index_bytes(layout, index.reshape(*per_shard, 2)), np.uint8)
-    end = head + int(sizes.sum())
-    if layout.index_at_end:
-        buf[end:end + len(raw)] = raw
-        return memoryview(buf)[:end + len(raw)]
-    buf[:len(raw)] = raw
-    return memoryview(buf)[:end]
+    return _with_index(buf, layout, index, head + int(sizes.sum()))
 
 
 def _encode_in_place(spec: ArraySpec, unit: np.ndarray,
@@ -116,12 +109,19 @@ def _encode_in_place(spec: ArraySpec, unit: np.ndarray,
         at += got
     if at == head:  # no chunk kept
         return None
-    raw = _index_bytes(layout, index)
+    return _with_index(buf, layout, index, at)
+
+
+def _with_index(buf: np.ndarray, layout: ShardLayout, index: np.ndarray,
+                end: int) -> memoryview:
+    """The shard in ``buf`` (its chunks up to byte ``end``, after room for the index when
+    the index comes first) with ``index`` written at its start or after its chunks."""
+    raw = np.frombuffer(_index_bytes(layout, index), np.uint8)
     if layout.index_at_end:
-        buf[at:at + len(raw)] = np.frombuffer(raw, np.uint8)
-        return memoryview(buf)[:at + len(raw)]
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-    return memoryview(buf)[:at]
+        buf[end:end + len(raw)] = raw
+        return memoryview(buf)[:end + len(raw)]
+    buf[:len(raw)] = raw
+    return memoryview(buf)[:end]
 
 
 def _inner_chunks(spec: ArraySpec, unit: np.ndarray, keep: Callable[[np.ndarray], bool] | None

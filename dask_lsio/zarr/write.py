@@ -264,10 +264,8 @@ def _batch_encodable(spec: ArraySpec, values: np.ndarray, write_empty: bool) -> 
     """Whether the kernel encodes ``values``' whole units in one call: unsharded, one blosc
     codec (no checksum, no transpose), values already in the stored dtype, a numeric dtype
     whose fill_value is compared bit for bit (a NaN fill matches any NaN: unit by unit)."""
-    codec = spec.codec
-    if spec.shard is not None or not codec.blosc_only or codec.crc32c or \
-            codec.order is not None or values.dtype != codec.dtype or \
-            values.dtype.kind not in "biuf" or _kernel.lib is None:
+    if spec.shard is not None or not spec.codec.batch_encodes(values.dtype) or \
+            _kernel.lib is None:
         return False
     return write_empty or _bitwise_fill(spec, values.dtype, write_empty) is not None
 
