@@ -333,30 +333,3 @@ def test_public_read_boxes_refuses_bad_starts_and_several_arrays(tmp_path):
     np.testing.assert_array_equal(got, np.pad(np.zeros((2, 2)), ((0, 0), (0, 1)),
                                               constant_values=np.nan)[None])
 
-
-@settings(max_examples=200, deadline=None)
-@given(st.data())
-def test_one_small_box_planned_in_python_equals_the_vectorised_plan(data):
-    """A box of at most SMALL_BOX cells is planned in plain Python: the same cells, in the
-    same order, as the numpy path gives it among other boxes (boxes reaching outside the
-    array, at edges, missing it entirely)."""
-    from dask_lsio.zarr import plan
-
-    ndim = data.draw(st.integers(1, 4))
-    cell = tuple(data.draw(st.integers(1, 6)) for _ in range(ndim))
-    limit = tuple(data.draw(st.integers(1, 20)) for _ in range(ndim))
-    shape = tuple(data.draw(st.integers(1, 8)) for _ in range(ndim))
-    start = [data.draw(st.integers(-9, 22)) for _ in range(ndim)]
-    one = plan.box_cells(cell, limit, np.array([start]), shape)
-    # the same box second among two: the vectorised path (its rows shifted by one box)
-    far = [n + 100 for n in limit]
-    both = plan.box_cells(cell, limit, np.array([far, start]), shape)
-    if both is None:
-        assert one is None
-        return
-    assert one is not None
-    dst = both.dst.copy()
-    dst[:, 0] -= shape[0]
-    for got, want in ((one.pos, both.pos), (one.start, both.start),
-                      (one.count, both.count), (one.dst, dst)):
-        np.testing.assert_array_equal(got, want)

@@ -10,9 +10,8 @@ same columns, so both place the same values.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 
@@ -104,13 +103,9 @@ def box_cells(cell: tuple[int, ...], limit: tuple[int, ...], starts: np.ndarray,
     if ndim == 0:  # a 0-d array: one cell
         zero = np.zeros((1, 0), np.int64)
         return Cells(zero, zero, zero, zero)
-    starts = np.asarray(starts, np.int64).reshape(-1, ndim)
-    if len(starts) == 1:
-        one = _one_box_cells(cell, limit, starts[0].tolist(), shape)
-        if one is not _MANY:
-            return one
     grid = np.array(cell, np.int64)
     bound = np.array(limit, np.int64)
+    starts = np.asarray(starts, np.int64).reshape(-1, ndim)
     lo = np.clip(starts, 0, bound)
     hi = np.clip(starts + np.array(shape, np.int64), 0, bound)
     meets = (hi > lo).all(axis=1)
@@ -137,31 +132,6 @@ def box_cells(cell: tuple[int, ...], limit: tuple[int, ...], starts: np.ndarray,
     box, *at = np.nonzero(valid)  # the (box, cell along each axis) pairs kept
     return Cells(*(np.stack([columns[a][f][box, at[a]] for a in range(ndim)], axis=1)
                    for f in range(4)))
-
-
-SMALL_BOX = 64  # cells of one box planned in plain Python (numpy's per-call cost dominates)
-_MANY = object()  # _one_box_cells: more cells than that
-
-
-def _one_box_cells(cell: tuple[int, ...], limit: tuple[int, ...], start: list[int],
-                   shape: tuple[int, ...]) -> Any:
-    """:func:`box_cells` of one box meeting at most ``SMALL_BOX`` cells, in plain Python
-    (a small read made ~30 numpy calls of a few microseconds each here); ``_MANY`` for a
-    larger box."""
-    axes = []
-    total = 1
-    for g, n, s, k in zip(cell, limit, start, shape):
-        lo, hi = min(max(s, 0), n), min(max(s + k, 0), n)
-        if hi <= lo:
-            return None
-        first, last = lo // g, (hi - 1) // g
-        total *= last - first + 1
-        if total > SMALL_BOX:
-            return _MANY
-        axes.append([(p, max(p * g, lo) - p * g, min(p * g + g, hi) - max(p * g, lo),
-                      max(p * g, lo) - s) for p in range(first, last + 1)])
-    rows = np.array(list(itertools.product(*axes)), np.int64).reshape(-1, len(cell), 4)
-    return Cells(*(np.ascontiguousarray(rows[:, :, f]) for f in range(4)))
 
 
 def region_cells(region: tuple[slice, ...], cell: tuple[int, ...]) -> Cells:
