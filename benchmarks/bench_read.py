@@ -12,6 +12,9 @@ Zarr v3 arrays of the same float32 data, shape 1024 x 512 x 512 (1 GiB; ``--quic
     blosc-lz4 in the shards of B: the cost per chunk, planning included. Its scan is run by
     dask_lsio, zarrs and tensorstore (zarr-python's default pipeline and dask's task per
     chunk take minutes a run); "x zarrs" there is the chunks/s ratio too.
+(E) only with ``--only E``: chunks of 2x96x128 (96 KiB, ~60 KiB stored; the last row of
+    chunks along y holds 32 rows), blosc-lz4, 12,288 files: issue 19's cold small files,
+    scanned by dask_lsio, zarrs, tensorstore and fio.
 
 The data is a smooth field (a travelling wave pattern around 285) plus Gaussian noise
 (sigma 0.25), rounded to 0.01 like a quantised sensor: it compresses about 1.6x with
@@ -105,6 +108,7 @@ Run (from the repository root, with dask-lsio and the ``bench`` extra installed)
     python benchmarks/bench_read.py --quick         # 128 x 512 x 512, 2 repeats, ~2 min
     python benchmarks/bench_read.py --only A --readers dask_lsio,zarrs --no-cold
     python benchmarks/bench_read.py --only D --readers dask_lsio,zarrs,tensorstore,fio
+    python benchmarks/bench_read.py --only E --readers dask_lsio,zarrs,tensorstore,fio
     python benchmarks/bench_read.py --workloads array,xsum --no-cold   # issue 6's rows
     python benchmarks/bench_read.py --quick --readers dask_lsio,zarrs --baseline ../baseline
 
@@ -133,7 +137,7 @@ from harness.sides import Side, report_sides, resolve_baseline, split_reader, wi
 from harness.workers import Worker, serve, start_all
 from harness.zarr_data import STEPS, Dataset, Spec, make_specs, prepare_datasets
 from read_peers import SCAN_SLAB, WINDOW, expected_selection_sums, make_selections, worker_setup
-from read_runs import BASE, READERS, TWINNED, WORKLOADS, run_dataset
+from read_runs import BASE, ON_REQUEST, READERS, TWINNED, WORKLOADS, run_dataset
 
 SCRIPT = Path(__file__).resolve()
 SELECTIONS = {"full": 200, "quick": 200, "tiny": 40}  # selections per run, per size
@@ -231,6 +235,8 @@ def done_when(results: list[Result]) -> list[Check]:
         Check("B warm scan: dask_lsio / zarrs", cmp("B", "warm", "zarrs"), 1.2),
         Check("D warm scan (2^20 chunks of 1 KiB at full size): dask_lsio / zarrs",
               cmp("D", "warm", "zarrs"), 1.5),
+        Check("E cold scan (12,288 files of 2x96x128): dask_lsio / tensorstore",
+              cmp("E", "cold", "tensorstore"), 1.5),
     ]
     for d in ("A", "B"):
         checks += [
@@ -274,8 +280,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The common options (``harness.args``), ``--only``, ``--readers``, ``--workloads``."""
     p = cli.parser(__doc__, "read", quick="128 x 512 x 512, 2 repeats",
                    tiny="16 x 512 x 512, 40 selections, 1 repeat")
-    p.add_argument("--only", choices=["A", "B", "C", "D"],
-                   help="run one dataset only (D, of tiny chunks, runs only when named)")
+    p.add_argument("--only", choices=["A", "B", "C", "D", "E"],
+                   help="run one dataset only (D and E run only when named)")
     p.add_argument("--readers", default=",".join(READERS), help="comma-separated subset")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
     args = cli.parse(p, argv)
@@ -324,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
         return serve(lambda: worker_setup(args.worker))
     started = time.perf_counter()
     specs = make_specs(STEPS[args.size])
-    specs = {k: v for k, v in specs.items() if k == args.only or (not args.only and k != "D")}
+    specs = {k: v for k, v in specs.items()
+             if k == args.only or (not args.only and k not in ON_REQUEST)}
     states = cli.cache_states(args)
     skipped: dict[str, str] = {}
     args.readers = installed(args.readers, skipped)

@@ -207,15 +207,20 @@ def test_cluster(tmp_path, data_dir):
     assert "dask_lsio-unqueued on the cluster / on the threaded scheduler" in stdout
 
 
-def test_read_tiny_chunks(tmp_path, data_dir):
-    """Dataset D (inner chunks of 1x16x16) runs only when named: a scan by the readers that
-    plan chunks in bulk, every one's sum checked."""
-    report, stdout = bench("read", tmp_path, data_dir, "--only", "D", "--workloads", "scan",
-                           "--readers", "dask_lsio,zarrs,tensorstore")
+@pytest.mark.parametrize("dataset, check", [
+    ("D", "D warm scan (2^20 chunks of 1 KiB at full size): dask_lsio / zarrs"),
+    ("E", "E cold scan (12,288 files of 2x96x128): dask_lsio / tensorstore"),
+])
+def test_read_datasets_on_request(tmp_path, data_dir, dataset, check):
+    """Datasets D (inner chunks of 1x16x16) and E (chunks of 2x96x128, not dividing the
+    array) run only when named: a scan by the readers that plan chunks in bulk, every one's
+    sum checked."""
+    report, stdout = bench("read", tmp_path, data_dir, "--only", dataset, "--workloads",
+                           "scan", "--readers", "dask_lsio,zarrs,tensorstore")
     rows = rows_ok(report)
     readers = peers(["dask_lsio", "zarrs", "tensorstore"], report)
-    assert set(rows) == {("D", "warm", "scan", r) for r in readers}
-    assert "D warm scan (2^20 chunks of 1 KiB at full size): dask_lsio / zarrs" in stdout
+    assert set(rows) == {(dataset, "warm", "scan", r) for r in readers}
+    assert check in stdout
 
 
 # One run per benchmark with this checkout as its own baseline, on a few readers: the twins

@@ -16,6 +16,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr_cases import arrays, make_array
 
 import dask_lsio
+from dask_lsio.graph.clients import active_client, task_threads
 from dask_lsio.errors import ChunkDecodeError, LSIOError, UnsupportedCodecError
 from dask_lsio.io import get_engine
 
@@ -87,6 +88,37 @@ def test_blocks_are_coarse_and_aligned(big):
         y = dask_lsio.from_zarr(root / "sharded")
     assert all(c % 4 == 0 for c in y.chunks[0][:-1]) and y.chunks[1:] == ((256,), (256,))
     assert len(x.dask) == x.npartitions + 1  # the blocks and the source: a tiny graph
+
+
+def test_blocks_on_a_cluster_are_per_cluster_thread(big, loopback_cluster):
+    """With a distributed client, two blocks per thread of the cluster (not of this
+    machine); a scan of a few blocks per thread gets at most two per thread, of up to twice
+    array.chunk-size, so that distributed does not queue them as root tasks; larger arrays
+    keep blocks of chunk-size."""
+    root, data = big  # 5 MiB: planes of 256 KiB, stored chunks of 64 KiB (1x128x128)
+    blocks = {}
+    for size in ("1MiB", "512KiB", "128KiB"):
+        with dask.config.set({"array.chunk-size": size}):
+            blocks[size] = dask_lsio.from_zarr(root / "plain").chunks[0]
+    with loopback_cluster(n_workers=2, threads_per_worker=2, processes=False) as (_, client):
+        assert task_threads(client) == 4
+        on_cluster = {}
+        for size in ("1MiB", "512KiB", "128KiB"):
+            with dask.config.set({"array.chunk-size": size}):
+                x = dask_lsio.from_zarr(root / "plain")
+            on_cluster[size] = x.chunks[0]
+        np.testing.assert_array_equal(x.compute(), data)
+        # dask's scheduler set to threads: graphs run here, beside the client
+        with dask.config.set({"array.chunk-size": "1MiB", "scheduler": "threads"}):
+            assert task_threads(active_client()) == (os.cpu_count() or 1)
+            assert dask_lsio.from_zarr(root / "plain").chunks[0] == blocks["1MiB"]
+    # 1 MiB: 5 blocks of 4 planes at most, more than eight (two per thread) never
+    assert len(on_cluster["1MiB"]) <= 8 and max(on_cluster["1MiB"]) <= 4
+    # 512 KiB: 10 blocks of 2 planes would be queued; 7 blocks of 3 (768 KiB) are not
+    assert on_cluster["512KiB"] == (3,) * 6 + (2,)
+    # 128 KiB: 40 half-planes would need blocks over twice chunk-size: kept as they are
+    assert on_cluster["128KiB"] == blocks["128KiB"]
+    assert all(sum(b) == 20 for b in on_cluster.values())
 
 
 def test_slices_are_pushed_down(big):

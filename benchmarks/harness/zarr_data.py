@@ -31,6 +31,7 @@ NY = NX = 512
 CHUNK = (1, 128, 128)
 SHARD = (16, 512, 512)
 TINY_CHUNK = (1, 16, 16)  # D: 1 KiB inner chunks, 16,384 per shard (2^20 in the full array)
+SMALL_CHUNK = (2, 96, 128)  # E: issue 19's cold small files (edge chunks of 32 rows along y)
 SLAB = 64  # time steps generated (and written) at a time
 DATA_SEED = 7
 STEPS = {"full": 1024, "quick": 128, "tiny": 16}  # axis 0 of the arrays, per size
@@ -45,14 +46,14 @@ class Spec:
     Parameters
     ----------
     name : str
-        "A", "B", "C" or "D".
+        "A", "B", "C", "D" or "E".
     codec : str
         "blosc-lz4", "zstd" (in shards) or "none".
     shape : tuple of int
     shards : tuple of int, optional
         Shard shape (B, D).
     chunks : tuple of int
-        Chunk shape: ``CHUNK``, D's ``TINY_CHUNK``.
+        Chunk shape: ``CHUNK``, D's ``TINY_CHUNK``, E's ``SMALL_CHUNK``.
     seed : int
         Seed of the noise, so the data is reproducible (and the same in A, B and C).
     """
@@ -119,13 +120,15 @@ class Dataset:
 
 
 def make_specs(steps: int) -> dict[str, Spec]:
-    """The datasets, ``steps`` along axis 0 (D: the same shards as B, of tiny chunks)."""
+    """The datasets, ``steps`` along axis 0 (D: the same shards as B, of tiny chunks; E:
+    chunks of another shape, not dividing the array)."""
     shape = (steps, NY, NX)
     return {
         "A": Spec("A", "blosc-lz4", shape),
         "B": Spec("B", "zstd", shape, shards=SHARD),
         "C": Spec("C", "none", shape),
         "D": Spec("D", "blosc-lz4", shape, shards=SHARD, chunks=TINY_CHUNK),
+        "E": Spec("E", "blosc-lz4", shape, chunks=SMALL_CHUNK),
     }
 
 

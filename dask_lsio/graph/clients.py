@@ -7,18 +7,30 @@ the distributed scheduler, and ships the zarr array itself to read them).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
+
+import dask
 
 from ..store import MemoryStore, Store
 
 IN_MEMORY_ON_CLUSTER = "Cannot store into in memory Zarr Array using the distributed scheduler."
 
 
+# dask.config "scheduler" names that run graphs in this process, whatever client exists
+LOCAL_SCHEDULERS = {"sync", "synchronous", "single-threaded", "threads", "threading",
+                    "processes", "multiprocessing"}
+
+
 def active_client() -> Any | None:
-    """The default distributed client, or None (distributed not imported: no client can
-    exist, and importing it here would cost a second)."""
+    """The default distributed client, or None: distributed not imported (no client can
+    exist, and importing it here would cost a second), or dask's ``scheduler`` set to a
+    local one (``dask.config.set(scheduler="threads")``: graphs run here even beside a
+    client)."""
     if "distributed" not in sys.modules:
+        return None
+    if dask.config.get("scheduler", None) in LOCAL_SCHEDULERS:
         return None
     from distributed import default_client
 
@@ -26,6 +38,18 @@ def active_client() -> Any | None:
         return default_client()
     except ValueError:  # no client
         return None
+
+
+def task_threads(client: Any | None = None) -> int:
+    """Threads that run tasks at once where a graph built here runs: those of every worker
+    of ``client`` (a distributed client, e.g. :func:`active_client`'s), else dask's
+    ``num_workers`` or this machine's cores. A cluster without workers yet, or an
+    asynchronous client (whose calls cannot be waited for here), counts as this machine."""
+    if client is not None and not getattr(client, "asynchronous", False):
+        threads = sum(client.nthreads().values())
+        if threads:
+            return int(threads)
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
 def distributed_client() -> bool:

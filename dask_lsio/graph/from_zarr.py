@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from typing import Any
 
@@ -17,7 +16,7 @@ from dask.utils import parse_bytes
 from .. import config
 from ..errors import UnsupportedCodecError, UnsupportedStoreError
 from ..store import describe_store, zarr_view
-from .clients import out_of_reach
+from .clients import active_client, out_of_reach, task_threads
 from ..zarr.spec import ArraySpec, open_array, spec_from_array
 from .source import ZarrSource
 
@@ -51,7 +50,11 @@ def from_zarr(
         or messages. For stores dask-lsio does not read itself, passed to zarr-python.
     chunks : optional
         Block shape. Default: whole multiples of the shard (or chunk) shape of about
-        ``array.chunk-size`` bytes, and at least two blocks per core where the array allows (one on object stores). Blocks that split a shard or chunk work, but read it
+        ``array.chunk-size`` bytes, and at least two blocks per thread where the array
+        allows (one on object stores; threads: the cluster's with a distributed client,
+        else this machine's cores). On a cluster, an array of a few such blocks per thread
+        gets at most two per thread, of up to twice ``array.chunk-size``, which the
+        scheduler places at once rather than queues. Blocks that split a shard or chunk work, but read it
         more than once (a PerformanceWarning says so).
     name : str, optional
         Name of the dask array (default: from a token of the array and blocks).
@@ -86,16 +89,9 @@ def from_zarr(
 
 def block_chunks(spec: ArraySpec, chunks: Any = None) -> tuple[tuple[int, ...], ...]:
     """dask chunks for ``spec``: the caller's, or whole grid cells of about chunk-size."""
-    shape = spec.shape
     if chunks is None:
-        # about array.chunk-size, but small enough for two blocks per core (the store says:
-        # object stores one): a task decodes on its own thread, so an array of fewer blocks
-        # than cores would leave cores idle
-        total = int(np.prod(shape)) * spec.dtype.itemsize
-        per_core = total // (spec.store.blocks_per_core * (os.cpu_count() or 1))
-        limit = min(parse_bytes(dask.config.get("array.chunk-size")), max(per_core, 1))
-        return normalize_chunks(default_block(spec, limit), shape, dtype=spec.dtype)
-    out = normalize_chunks(chunks, shape, dtype=spec.dtype, previous_chunks=spec.grid)
+        return default_blocks(spec)
+    out = normalize_chunks(chunks, spec.shape, dtype=spec.dtype, previous_chunks=spec.grid)
     for axis, (sizes, g) in enumerate(zip(out, spec.grid)):
         if any(s % g for s in sizes[:-1]):
             warnings.warn(
@@ -105,6 +101,43 @@ def block_chunks(spec: ArraySpec, chunks: Any = None) -> tuple[tuple[int, ...], 
             )
             break
     return out
+
+
+# On a cluster, blocks may grow to this many times array.chunk-size to be placed at once
+CLUSTER_GROWTH = 2
+
+
+def default_blocks(spec: ArraySpec) -> tuple[tuple[int, ...], ...]:
+    """The default blocks: whole grid cells of about ``array.chunk-size`` bytes, small enough
+    for two blocks per thread (the store says: object stores one), since a task decodes on
+    its own thread and an array of fewer blocks than threads leaves threads idle. Threads
+    are the cluster's with a distributed client, else this machine's.
+
+    On a cluster, a scan of at most ``2 * CLUSTER_GROWTH`` blocks per thread is cut into at
+    most two per thread instead (blocks up to ``CLUSTER_GROWTH`` x chunk-size): distributed
+    queues a group of more than two tasks per thread as root tasks, handed to each worker a
+    couple at a time, and a reduction's partial sums then take a worker's place while it
+    still reads, so that one worker reads a block more than the others (5 and 3 of 8 blocks
+    on two workers, the last block alone). Two per thread are not queued: they are placed
+    at once, evenly (bench_cluster: 0.79x -> 0.90x the threaded scheduler, same run).
+    """
+    total = int(np.prod(spec.shape)) * spec.dtype.itemsize
+    client = active_client()
+    threads = task_threads(client)
+    chunk_size = parse_bytes(dask.config.get("array.chunk-size"))
+    limit = min(chunk_size, max(total // (spec.store.blocks_per_core * threads), 1))
+    blocks = normalize_chunks(default_block(spec, limit), spec.shape, dtype=spec.dtype)
+    if client is None or math.prod(map(len, blocks)) <= 2 * threads:
+        return blocks
+    grown = max(limit, -(-total // (2 * threads)))
+    while grown <= CLUSTER_GROWTH * chunk_size:
+        even = normalize_chunks(default_block(spec, grown), spec.shape, dtype=spec.dtype)
+        count = math.prod(map(len, even))
+        if count <= 2 * threads:
+            return even
+        # whole grid cells: a block a little larger may bring the count within two per thread
+        grown = grown * count // (2 * threads) + 1
+    return blocks
 
 
 def default_block(spec: ArraySpec, limit: int) -> tuple[int, ...]:
