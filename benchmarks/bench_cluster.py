@@ -7,9 +7,9 @@ files of 1x128x128, blosc-lz4; ``--quick``: 128 steps; ``--tiny``: 16), generate
 ``LocalCluster(n_workers=2, threads_per_worker=1, processes=True)`` on loopback with
 ``LSIOWorkerPlugin`` registered serves every reader, in the same run, taking turns:
 
-``dask_lsio``     ``dask_lsio.from_zarr(path).sum()`` (default blocks: on a cluster, at
-                  most two per worker thread where the array is a few blocks of
-                  ``array.chunk-size`` per thread), computed on the cluster; each worker
+``dask_lsio``     ``dask_lsio.from_zarr(path).sum()`` (default blocks: on a cluster, up
+                  to twice ``array.chunk-size`` where that makes them few enough for the
+                  scheduler to send all at once), computed on the cluster; each worker
                   reads through its own plugin engine
 ``dask``          ``dask.array.from_zarr(path).sum()``, default chunks (one task per chunk)
 ``dask-coarse``   ``dask.array.from_zarr(path, chunks=<dask_lsio's blocks>).sum()``: dask's

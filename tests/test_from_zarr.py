@@ -16,7 +16,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr_cases import arrays, make_array
 
 import dask_lsio
-from dask_lsio.graph.clients import active_client, task_threads
+from dask_lsio.graph.clients import active_client, queue_slots, task_threads
 from dask_lsio.errors import ChunkDecodeError, LSIOError, UnsupportedCodecError
 from dask_lsio.io import get_engine
 
@@ -90,35 +90,41 @@ def test_blocks_are_coarse_and_aligned(big):
     assert len(x.dask) == x.npartitions + 1  # the blocks and the source: a tiny graph
 
 
-def test_blocks_on_a_cluster_are_per_cluster_thread(big, loopback_cluster):
-    """With a distributed client, two blocks per thread of the cluster (not of this
-    machine); a scan of a few blocks per thread gets at most two per thread, of up to twice
-    array.chunk-size, so that distributed does not queue them as root tasks; larger arrays
-    keep blocks of chunk-size."""
+def test_blocks_on_a_cluster(big, loopback_cluster):
+    """With a distributed client: at least two blocks per thread of the cluster (not of
+    this machine), and blocks of up to twice array.chunk-size where that makes them no more
+    than the tasks the scheduler sends at once (ceil(1.1 x threads) per worker), which it
+    would otherwise queue; larger arrays, and a scheduler that does not queue, keep blocks
+    of chunk-size."""
     root, data = big  # 5 MiB: planes of 256 KiB, stored chunks of 64 KiB (1x128x128)
-    blocks = {}
-    for size in ("1MiB", "512KiB", "128KiB"):
-        with dask.config.set({"array.chunk-size": size}):
-            blocks[size] = dask_lsio.from_zarr(root / "plain").chunks[0]
-    with loopback_cluster(n_workers=2, threads_per_worker=2, processes=False) as (_, client):
-        assert task_threads(client) == 4
-        on_cluster = {}
-        for size in ("1MiB", "512KiB", "128KiB"):
+    sizes = ("1MiB", "512KiB", "128KiB")
+
+    def planes_per_block() -> dict[str, tuple[int, ...]]:
+        out = {}
+        for size in sizes:
             with dask.config.set({"array.chunk-size": size}):
-                x = dask_lsio.from_zarr(root / "plain")
-            on_cluster[size] = x.chunks[0]
-        np.testing.assert_array_equal(x.compute(), data)
+                out[size] = dask_lsio.from_zarr(root / "plain").chunks[0]
+        return out
+
+    here = planes_per_block()
+    with loopback_cluster(n_workers=2, threads_per_worker=2, processes=False) as (_, client):
+        assert task_threads(client) == 4 and queue_slots(client) == 6
+        on_cluster = planes_per_block()
+        with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}):
+            assert queue_slots(client) is None
+            unqueued = planes_per_block()
+        with dask.config.set({"array.chunk-size": "1MiB"}):
+            np.testing.assert_array_equal(dask_lsio.from_zarr(root / "plain").compute(), data)
         # dask's scheduler set to threads: graphs run here, beside the client
-        with dask.config.set({"array.chunk-size": "1MiB", "scheduler": "threads"}):
+        with dask.config.set({"scheduler": "threads"}):
             assert task_threads(active_client()) == (os.cpu_count() or 1)
-            assert dask_lsio.from_zarr(root / "plain").chunks[0] == blocks["1MiB"]
-    # 1 MiB: 5 blocks of 4 planes at most, more than eight (two per thread) never
-    assert len(on_cluster["1MiB"]) <= 8 and max(on_cluster["1MiB"]) <= 4
-    # 512 KiB: 10 blocks of 2 planes would be queued; 7 blocks of 3 (768 KiB) are not
-    assert on_cluster["512KiB"] == (3,) * 6 + (2,)
-    # 128 KiB: 40 half-planes would need blocks over twice chunk-size: kept as they are
-    assert on_cluster["128KiB"] == blocks["128KiB"]
-    assert all(sum(b) == 20 for b in on_cluster.values())
+            assert planes_per_block() == here
+    # 1 MiB: two planes a block (two per cluster thread) would be 10 tasks, 4 queued; five
+    # blocks of four planes (1 MiB) are sent at once
+    assert on_cluster["1MiB"] == (4,) * 5 and unqueued["1MiB"] == (2,) * 10
+    # 512 KiB: six tasks at once would take blocks over twice chunk-size: as they are
+    assert on_cluster["512KiB"] == unqueued["512KiB"] == here["512KiB"] == (2,) * 10
+    assert on_cluster["128KiB"] == unqueued["128KiB"] == here["128KiB"]
 
 
 def test_slices_are_pushed_down(big):

@@ -7,6 +7,7 @@ the distributed scheduler, and ships the zarr array itself to read them).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from typing import Any
@@ -50,6 +51,21 @@ def task_threads(client: Any | None = None) -> int:
         if threads:
             return int(threads)
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+
+
+def queue_slots(client: Any) -> int | None:
+    """How many root tasks the scheduler of ``client`` hands its workers at once before it
+    queues the rest: ``ceil(worker-saturation x threads)`` per worker (at least one), as
+    distributed counts them, with this process's ``distributed.scheduler.worker-saturation``
+    (the scheduler's, unless it was started with another). None where nothing is queued
+    (saturation ``inf``), or for an asynchronous client."""
+    if getattr(client, "asynchronous", False):
+        return None
+    saturation = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
+    saturation = math.inf if saturation == "inf" else float(saturation)
+    if math.isinf(saturation) or saturation <= 0:
+        return None
+    return sum(max(math.ceil(saturation * n), 1) for n in client.nthreads().values()) or None
 
 
 def distributed_client() -> bool:
