@@ -16,7 +16,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr_cases import arrays, make_array
 
 import dask_lsio
-from dask_lsio.graph.clients import active_client, queue_slots, task_threads
+from dask_lsio.graph.clients import active_client, queue_slots, task_threads, worker_threads
 from dask_lsio.errors import ChunkDecodeError, LSIOError, UnsupportedCodecError
 from dask_lsio.io import get_engine
 
@@ -90,6 +90,18 @@ def test_blocks_are_coarse_and_aligned(big):
     assert len(x.dask) == x.npartitions + 1  # the blocks and the source: a tiny graph
 
 
+def test_queue_slots_count_as_distributed_does():
+    """ceil(worker-saturation x threads) per worker, at least one; none with queuing off
+    or a setting that is not a number; threads: the workers', else num_workers or cores."""
+    assert queue_slots([1, 1]) == 4 and queue_slots([4]) == 5 and queue_slots([1, 2, 8]) == 14
+    for value, slots in ((0.5, 4), ("inf", None), (float("inf"), None), ("many", None)):
+        with dask.config.set({"distributed.scheduler.worker-saturation": value}):
+            assert queue_slots([1, 2, 3]) == slots
+    assert task_threads([3, 1]) == 4
+    with dask.config.set(num_workers=5):
+        assert task_threads(None) == 5
+
+
 def test_blocks_on_a_cluster(big, loopback_cluster):
     """With a distributed client: at least two blocks per thread of the cluster (not of
     this machine), and blocks of up to twice array.chunk-size where that makes them no more
@@ -108,16 +120,17 @@ def test_blocks_on_a_cluster(big, loopback_cluster):
 
     here = planes_per_block()
     with loopback_cluster(n_workers=2, threads_per_worker=2, processes=False) as (_, client):
-        assert task_threads(client) == 4 and queue_slots(client) == 6
+        assert worker_threads(client) == [2, 2]
+        assert task_threads([2, 2]) == 4 and queue_slots([2, 2]) == 6
         on_cluster = planes_per_block()
         with dask.config.set({"distributed.scheduler.worker-saturation": "inf"}):
-            assert queue_slots(client) is None
+            assert queue_slots([2, 2]) is None
             unqueued = planes_per_block()
         with dask.config.set({"array.chunk-size": "1MiB"}):
             np.testing.assert_array_equal(dask_lsio.from_zarr(root / "plain").compute(), data)
         # dask's scheduler set to threads: graphs run here, beside the client
         with dask.config.set({"scheduler": "threads"}):
-            assert task_threads(active_client()) == (os.cpu_count() or 1)
+            assert active_client() is None
             assert planes_per_block() == here
     # 1 MiB: two planes a block (two per cluster thread) would be 10 tasks, 4 queued; five
     # blocks of four planes (1 MiB) are sent at once

@@ -41,31 +41,38 @@ def active_client() -> Any | None:
         return None
 
 
-def task_threads(client: Any | None = None) -> int:
-    """Threads that run tasks at once where a graph built here runs: those of every worker
-    of ``client`` (a distributed client, e.g. :func:`active_client`'s), else dask's
-    ``num_workers`` or this machine's cores. A cluster without workers yet, or an
-    asynchronous client (whose calls cannot be waited for here), counts as this machine."""
-    if client is not None and not getattr(client, "asynchronous", False):
-        threads = sum(client.nthreads().values())
-        if threads:
-            return int(threads)
+def worker_threads(client: Any | None) -> list[int] | None:
+    """The threads of each worker of ``client``'s cluster (one call to the scheduler); None
+    without a client, for an asynchronous client (whose calls cannot be waited for here),
+    or while the cluster has no workers."""
+    if client is None or getattr(client, "asynchronous", False):
+        return None
+    return [int(n) for n in client.nthreads().values()] or None
+
+
+def task_threads(workers: list[int] | None) -> int:
+    """Threads that run tasks at once where a graph built here runs: those of the
+    cluster's ``workers`` (:func:`worker_threads`), else dask's ``num_workers`` or this
+    machine's cores."""
+    if workers:
+        return sum(workers)
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
-def queue_slots(client: Any) -> int | None:
-    """How many root tasks the scheduler of ``client`` hands its workers at once before it
-    queues the rest: ``ceil(worker-saturation x threads)`` per worker (at least one), as
-    distributed counts them, with this process's ``distributed.scheduler.worker-saturation``
-    (the scheduler's, unless it was started with another). None where nothing is queued
-    (saturation ``inf``), or for an asynchronous client."""
-    if getattr(client, "asynchronous", False):
-        return None
+def queue_slots(workers: list[int]) -> int | None:
+    """How many root tasks a scheduler hands its ``workers`` (threads of each) at once
+    before it queues the rest: ``ceil(worker-saturation x threads)`` per worker (at least
+    one), as distributed counts them, with this process's
+    ``distributed.scheduler.worker-saturation`` (the scheduler's, unless it was started
+    with another). None where nothing is queued (``inf``) or the setting is not a number."""
     saturation = dask.config.get("distributed.scheduler.worker-saturation", 1.1)
-    saturation = math.inf if saturation == "inf" else float(saturation)
-    if math.isinf(saturation) or saturation <= 0:
+    try:
+        saturation = math.inf if saturation == "inf" else float(saturation)
+    except (TypeError, ValueError):
         return None
-    return sum(max(math.ceil(saturation * n), 1) for n in client.nthreads().values()) or None
+    if math.isinf(saturation) or not saturation > 0:
+        return None
+    return sum(max(math.ceil(saturation * n), 1) for n in workers) or None
 
 
 def distributed_client() -> bool:

@@ -16,7 +16,7 @@ from dask.utils import parse_bytes
 from .. import config
 from ..errors import UnsupportedCodecError, UnsupportedStoreError
 from ..store import describe_store, zarr_view
-from .clients import active_client, out_of_reach, queue_slots, task_threads
+from .clients import active_client, out_of_reach, queue_slots, task_threads, worker_threads
 from ..zarr.spec import ArraySpec, open_array, spec_from_array
 from .source import ZarrSource
 
@@ -54,8 +54,8 @@ def from_zarr(
         allows (one on object stores; threads: the cluster's with a distributed client,
         else this machine's cores). On a cluster, blocks of up to twice
         ``array.chunk-size`` where that makes them few enough for the scheduler to send
-        all at once (two per one-thread worker) rather than queue them. Blocks that split a shard or chunk work, but read it
-        more than once (a PerformanceWarning says so).
+        all at once (two per one-thread worker) rather than queue them. Blocks that split
+        a shard or chunk work, but read it more than once (a PerformanceWarning says so).
     name : str, optional
         Name of the dask array (default: from a token of the array and blocks).
     inline_array : bool
@@ -123,12 +123,12 @@ def default_blocks(spec: ArraySpec) -> tuple[tuple[int, ...], ...]:
     evenly (bench_cluster: 0.83x -> 0.93x the threaded scheduler, same run).
     """
     total = int(np.prod(spec.shape)) * spec.dtype.itemsize
-    client = active_client()
-    threads = task_threads(client)
+    workers = worker_threads(active_client())
+    threads = task_threads(workers)
     chunk_size = parse_bytes(dask.config.get("array.chunk-size"))
     limit = min(chunk_size, max(total // (spec.store.blocks_per_core * threads), 1))
     blocks = normalize_chunks(default_block(spec, limit), spec.shape, dtype=spec.dtype)
-    slots = queue_slots(client) if client is not None else None
+    slots = queue_slots(workers) if workers else None
     if slots is None or math.prod(map(len, blocks)) <= slots:
         return blocks
     grown = max(limit, -(-total // slots))
