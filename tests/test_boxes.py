@@ -227,10 +227,20 @@ def test_damaged_blosc_lz4_chunk_read_in_part_is_named(tmp_path, damage, partial
         read_boxes(spec, [[0, 0, 0]], (1, 4, 4))  # the first rows only
 
 
+def _plane_sizes(frame: bytes) -> list[int]:
+    """The compressed size of each stream of a blosc frame of one split block."""
+    at, sizes = int.from_bytes(frame[16:20], "little"), []
+    for _ in range(frame[3]):  # typesize streams
+        sizes.append(int.from_bytes(frame[at:at + 4], "little", signed=True))
+        at += 4 + sizes[-1]
+    return sizes
+
+
 def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
     """``lsio-decoded``: a whole read decodes every chunk; so does a crop with
-    lsio.partial-decode off; on (the default), a crop of a chunk's first rows decodes the
-    prefix of each byte plane only, one of its last rows the whole chunk."""
+    lsio.partial-decode off; on (the default), a crop decodes each byte plane up to the
+    last element it needs (planes of long runs whole, unless that is within their first
+    third): its first rows a short prefix, its last rows and columns the whole chunk."""
     values = _blosc_values((2, 128, 128), "float32", np.random.default_rng(5))
     z = zarr.create_array(tmp_path / "a", shape=values.shape, chunks=(1, 128, 128),
                           dtype="float32", compressors=BloscCodec(cname="lz4"))
@@ -256,7 +266,15 @@ def test_decoded_bytes_are_counted_and_parts_decode_less(tmp_path):
         # rows 0-15, columns 0-15: elements up to 15 * 128 + 16 of each of the 4 byte planes
         assert decoded(lambda: read_boxes(spec, [[0, 0, 0]], (1, 16, 16), engine=engine)) == \
             4 * (15 * 128 + 16)
+        # rows 100-115, columns 0-15: up to 115 * 128 + 16 (90% of the plane), in the
+        # planes LZ4 compressed less than 16x; the planes of long runs (here the first and
+        # the last, stored in 75 and 365 bytes) are decoded whole past a third
+        sizes = _plane_sizes((tmp_path / "a" / "c" / "1" / "0" / "0").read_bytes())
+        runs = sum(1 for n in sizes if n * 16 < 128 * 128)
+        assert 0 < runs < 4
         assert decoded(lambda: read_boxes(spec, [[1, 100, 0]], (1, 16, 16), engine=engine)) \
+            == (4 - runs) * (115 * 128 + 16) + runs * 128 * 128
+        assert decoded(lambda: read_boxes(spec, [[1, 112, 112]], (1, 16, 16), engine=engine)) \
             == 128 * 128 * 4
 
 

@@ -140,6 +140,31 @@ def test_prefetch_is_bounded_with_a_slow_consumer(cube, monkeypatch):
     assert sorted(started) == list(range(12))
 
 
+@pytest.mark.parametrize("prefetch, at_once", [(1, 1), (2, 2), (3, 3), (5, 3)])
+def test_batches_read_at_once(cube, monkeypatch, prefetch, at_once):
+    """Up to three batches are read at once (two for prefetch=2, the default), never more
+    than prefetch."""
+    path, _ = cube
+    crops = RandomCrops(path, (2, 8, 8), batch_size=2, seed=0, length=9, prefetch=prefetch)
+    lock, running, most = threading.Lock(), [0], [0]
+    real = RandomCrops.batch
+
+    def slow(self, epoch, number):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)
+        try:
+            return real(self, epoch, number)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(RandomCrops, "batch", slow)
+    assert len(list(crops)) == 9
+    assert most[0] == at_once
+
+
 @pytest.mark.parametrize("ordered", [True, False])
 def test_iter_blocks_in_order_under_random_delays(cube, monkeypatch, ordered):
     path, values = cube

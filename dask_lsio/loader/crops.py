@@ -102,8 +102,10 @@ class RandomCrops:
             return self._on_cluster(epoch, numbers)
         thunks = ((lambda b=b: self.batch(epoch, b)) for b in numbers)
         # two batches at once: one's planning (Python, one core) overlaps the other's
-        # reading and decoding (C, every core); +5% crops/s on 2 cores
-        return prefetched(thunks, self.prefetch, workers=min(self.prefetch, 2) or 1)
+        # reading and decoding (C, every core); +5% crops/s on 2 cores. A third (prefetch=3)
+        # kept 1.81 cores busy instead of 1.75 (+5% again, 2026-11-30) for a batch more
+        # of memory: the default stays 2
+        return prefetched(thunks, self.prefetch, workers=min(self.prefetch, 3) or 1)
 
     def batch(self, epoch: int, number: int) -> dict[str, np.ndarray]:
         """Batch ``number`` of ``epoch``, read now in this process (no prefetching)."""
