@@ -12,7 +12,7 @@ Zarr v3 arrays of the same float32 data, shape 1024 x 512 x 512 (1 GiB; ``--quic
     blosc-lz4 in the shards of B: the cost per chunk, planning included. Its scan is run by
     dask_lsio, zarrs and tensorstore (zarr-python's default pipeline and dask's task per
     chunk take minutes a run); "x zarrs" there is the chunks/s ratio too.
-(E) only with ``--only E``: chunks of 2x96x128 (96 KiB, ~60 KiB stored; the last row of
+(E) only with ``--only E``: chunks of 2x96x128 (96 KiB, ~54 KiB stored; the last row of
     chunks along y holds 32 rows), blosc-lz4, 12,288 files: issue 19's cold small files,
     scanned by dask_lsio, zarrs, tensorstore and fio.
 
