@@ -10,7 +10,7 @@ once (``harness/zarr_data.py``) and reused.
             quick 10; tiny 2), after three untimed batches at other locations (every reader's
             threads and buffers exist by then; one for dask):
 
-            ``dask_lsio``    ``dask_lsio.RandomCrops(path, (8, 64, 64), 32)``, prefetch 2
+            ``dask_lsio``    ``dask_lsio.RandomCrops(path, (8, 64, 64), 32)``, prefetch 3
             ``zarr``         zarr-python's default pipeline, ``z[t:t+8, y:y+64, x:x+64]`` per
                              crop, one after the other, stacked per batch
             ``zarrs``        the same loop with ``zarrs.ZarrsCodecPipeline`` (strict)
@@ -39,7 +39,11 @@ once (``harness/zarr_data.py``) and reused.
             ``z[sel]`` with dask_lsio's codec pipeline (``lsio-pipeline``) and its default
             one (``zarr``), tensorstore's ``t[sel].read().result()``, and
             ``dask_lsio.from_zarr(path)[sel].compute()`` (``dask``). Readers open the array
-            before the clock and read 16 untimed boxes elsewhere first.
+            before the clock and read 16 untimed boxes elsewhere first. The front ends' own
+            cost per selection, with no IO and no codec (A's values in memory): zarr-python
+            over a ``MemoryStore`` of A's chunks stored raw (``zarr-memory``) and
+            ``dask.array.from_array`` of a numpy array in dask_lsio's blocks
+            (``dask-memory``), the ceilings of ``lsio-pipeline`` and ``dask``.
 ``stream``  the whole of A along time, each block summed as it arrives (float32 sums, as
             the read benchmark's scan):
             ``dask_lsio.iter_blocks(path)`` (ordered, prefetch 4); a loop over ``z[t]``
@@ -87,7 +91,8 @@ CROP_READERS = ["dask_lsio", "zarr", "zarrs", "tensorstore", "dask"]
 STREAM_READERS = ["iter_blocks", "zarr-loop", "scan"]
 TWINNED = {"dask_lsio", "iter_blocks", "scan"}  # the readers that are dask_lsio
 BOX_READERS = {"boxes": ["dask_lsio", "tensorstore"],
-               "box": ["dask_lsio", "lsio-pipeline", "zarr", "tensorstore", "dask"]}
+               "box": ["dask_lsio", "lsio-pipeline", "zarr", "tensorstore", "dask",
+                       "zarr-memory", "dask-memory"]}
 PARTS = ["crops", "two", "boxes", "box", "stream"]
 BATCHES = {"full": 60, "quick": 10, "tiny": 2}  # timed batches per run, per size
 BOXES = {"full": (4096, 512), "quick": (1024, 256), "tiny": (64, 16)}  # (at once, one by one)
@@ -209,7 +214,8 @@ def summarise(outs: dict[tuple[str, str], list[dict]], kind: str, work: int,
         elif not all(math.isclose(o["sum"], runs[0]["sum"], rel_tol=1e-9) for o in runs):
             r.error = "wrong result: the runs' sums differ"
         else:
-            r.runs = [Run(o["seconds"], o["work"] * bytes_per_unit, count=o["work"])
+            r.runs = [Run(o["seconds"], o["work"] * bytes_per_unit, count=o["work"],
+                          cpu_busy=o.get("cpu_busy"), cpu_kernel=o.get("cpu_kernel"))
                       for o in runs]
             if runs[0]["work"] == work:  # the same crops as the others: comparable sums
                 r.value = runs[0]["sum"]
@@ -224,9 +230,10 @@ def summarise(outs: dict[tuple[str, str], list[dict]], kind: str, work: int,
 
 def print_results(results: list[Result], amp: dict[str, float], baseline: bool) -> None:
     width = max([12] + [len(r.reader) for r in results])
-    columns = [Column("work", 7, "<"), Column("cache", 5, "<"), Column("reader", width, "<"),
-               Column("median s", 9), Column("crops/s", 9), Column("GB/s", 7),
-               Column("decoded/delivered", 18)] + ([BASELINE_COLUMN] if baseline else [])
+    columns = ([Column("work", 7, "<"), Column("cache", 5, "<"), Column("reader", width, "<"),
+                Column("median s", 9), Column("crops/s", 9), Column("GB/s", 7),
+                Column("decoded/delivered", 18), Column("cores (kernel)", 14)]
+               + ([BASELINE_COLUMN] if baseline else []))
     rows: list[list[str] | Unavailable] = []
     for r in results:
         lead = [r.workload, r.cache, r.reader]
@@ -235,11 +242,13 @@ def print_results(results: list[Result], amp: dict[str, float], baseline: bool) 
             continue
         per_s = "-" if r.workload == "stream" else f"{r.per_s:,.0f}"  # crops, boxes ...
         ratio = amp.get(r.reader) if r.workload == "crops" else None
-        rows.append(lead + [f"{r.median_s:.3f}", per_s, f"{r.gbps:.3f}", fmt(ratio)]
+        cores = "-" if r.cores is None else "{:.2f} ({:.2f})".format(*r.cores)
+        rows.append(lead + [f"{r.median_s:.3f}", per_s, f"{r.gbps:.3f}", fmt(ratio), cores]
                     + ([fmt(versus_baseline(results, r))] if baseline else []))
     legend = ("crops/s: examples/s for 'two' (each example is a satellite and an NWP crop; GB/s "
               "there counts the satellite crops only), boxes/s for 'boxes' and 'box'; GB/s "
-              "decimal, of delivered crops (stream: of the array)")
+              "decimal, of delivered crops (stream: of the array); cores: the machine's busy "
+              "cores in the run of median time, and the kernel's part (harness.cpu)")
     print()
     print_table(columns, rows, legend + ("\n" + BASELINE_LEGEND if baseline else ""))
 

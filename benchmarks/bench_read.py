@@ -85,11 +85,14 @@ reader to another, and each process's memory is its own. Peak RSS is per timed r
 worker resets its high-water mark (``/proc/self/clear_refs``, "5") just before the run and
 reads ``VmHWM`` after it, so the number includes what the process already holds (imports,
 pools) plus what the run added; without clear_refs it falls back to ``ru_maxrss``, the peak
-of the worker's life. Workloads run one after another; within a workload, readers take
+of the worker's life. The machine's busy cores are read from ``/proc/stat`` around each run
+(``harness.cpu``): on 2 cores, a reader that keeps both busy is bound by its CPU work, the
+kernel's included (page cache, IO completions, path lookups), not by the device. Workloads run one after another; within a workload, readers take
 turns in every repeat and the order of turns rotates from one repeat to the next, so drift
 and the previous run's effects hit them alike;
 cold runs drop the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``, root only)
-before each timed run; warm runs pre-read the dataset. Each (dataset, reader, workload)
+before each timed run (``--keep-metadata``: ``echo 1``, the page cache only, so that the
+files' directory entries and inodes stay cached, as they are when fio's clock starts); warm runs pre-read the dataset. Each (dataset, reader, workload)
 first runs once untimed (selections: the first 20), which also checks the result. Every
 timed run is checked too: the scan's sum against the sum computed when the data was
 generated (the whole array's sum after the clock stopped), each selection's sum against
@@ -181,7 +184,7 @@ def print_results(results: list[Result], specs: dict[str, Spec], n_select: int,
         Column("dataset", 16, "<"), Column("cache", 5, "<"), Column("work", 9, "<"),
         Column("reader", width, "<"), Column("median s", 9), Column("GB/s", 7),
         Column("sel/s", 7), Column("x base", 7), Column("x zarrs", 7), Column("x ceil", 7),
-        Column("peak MiB", 9),
+        Column("peak MiB", 9), Column("cores (kernel)", 14),
     ] + ([BASELINE_COLUMN] if baseline else [])
     rows: list[list[str] | Unavailable] = []
     for r in results:
@@ -192,14 +195,16 @@ def print_results(results: list[Result], specs: dict[str, Spec], n_select: int,
         x = ratios(results, r)
         sel = f"{n_select / r.median_s:,.0f}" if r.workload == "select" else "-"
         rows.append(lead + [f"{r.median_s:.4f}", f"{r.gbps:.3f}", sel, fmt(x["base"]),
-                            fmt(x["zarrs"]), fmt(x["ceil"]), mib(r.peak_rss)]
+                            fmt(x["zarrs"]), fmt(x["ceil"]), mib(r.peak_rss),
+                            "-" if r.cores is None else "{:.2f} ({:.2f})".format(*r.cores)]
                     + ([fmt(x["baseline"])] if baseline else []))
     legend = (
         "GB/s: decimal, of decoded output (fio: decoded bytes / fio's time to read the stored "
         "bytes); x base, x zarrs, x ceil: GB/s over theirs in the same row group (base: dask "
         "for scan and select, zarr's default pipeline for array and xsum; ceil: decode-only "
         "when warm, else fio); peak MiB: the reader process's RSS high-water mark during a "
-        "timed run (max over repeats)"
+        "timed run (max over repeats); cores: the machine's busy cores in the run of median "
+        "time (CPU seconds of all cores / seconds; of them in the kernel: system, irq, softirq)"
     )
     print_table(columns, rows, legend + ("\n" + BASELINE_LEGEND if baseline else ""))
 
@@ -260,7 +265,8 @@ def json_rows(results: list[Result], baseline: bool) -> list[dict]:
             "dataset": r.dataset, "cache": r.cache, "workload": r.workload, "reader": r.reader,
             "note": r.note, "error": r.error, "verified": r.verified,
             "runs": [{"seconds": x.seconds, "nbytes": x.nbytes, "rss_peak": x.rss_peak,
-                      "rss_before": x.rss_before} for x in r.runs],
+                      "rss_before": x.rss_before, "cpu_busy": x.cpu_busy,
+                      "cpu_kernel": x.cpu_kernel} for x in r.runs],
         }
         if r.ok:
             x = ratios(results, r)
@@ -284,6 +290,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run one dataset only (D and E run only when named)")
     p.add_argument("--readers", default=",".join(READERS), help="comma-separated subset")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated subset")
+    p.add_argument("--keep-metadata", action="store_true",
+                   help="cold runs drop the page cache only (echo 1): directory entries and "
+                        "inodes stay cached, the state fio's clock starts in")
     args = cli.parse(p, argv)
     args.readers = cli.name_list(p, args.readers, READERS, "--readers")
     chosen = cli.name_list(p, args.workloads, WORKLOADS, "--workloads")
@@ -320,6 +329,7 @@ def meta_info(args: argparse.Namespace, skipped: dict, datasets: list[Dataset],
         "readers": {w.name: w.error or w.info for w in workers},
         "slab": SCAN_SLAB, "selections": n_select, "window": WINDOW,
         "fio": fio.info() if fio else None,
+        "cold_drop_caches": 1 if args.keep_metadata else 3,
     }
 
 
@@ -333,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     specs = {k: v for k, v in specs.items()
              if k == args.only or (not args.only and k not in ON_REQUEST)}
     states = cli.cache_states(args)
+    if args.keep_metadata and "cold" in states:
+        print("note: --keep-metadata: cold runs drop the page cache only (echo 1 > "
+              "drop_caches); directory entries and inodes stay cached")
     skipped: dict[str, str] = {}
     args.readers = installed(args.readers, skipped)
     baseline = resolve_baseline(args.baseline) if args.baseline else None
@@ -352,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         for ds in datasets:
             t0 = time.perf_counter()
             results += run_dataset(ds, workers, fio, states, sels, expected, args.repeats,
-                                   args.workloads)
+                                   args.workloads, drop=1 if args.keep_metadata else 3)
             print(f"  dataset {ds.spec.name} done in {time.perf_counter() - t0:.1f} s", flush=True)
     finally:
         for w in workers:

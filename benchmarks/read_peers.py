@@ -12,7 +12,6 @@ import gc
 import importlib.metadata
 import math
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness.cpu import Stopwatch
 from harness.memory import peak_rss_kib, reset_peak_rss, rss_kib, touch_memory
 from harness.zarr_data import NY, NX, XR_VAR, Dataset, object_paths, make_slice
 
@@ -363,26 +363,26 @@ def run_job(peer: Peer, op: str, job: Job) -> dict:
     gc.collect()
     exact = reset_peak_rss()
     rss_before = rss_kib("VmRSS")
-    t0 = time.perf_counter()
+    clock = Stopwatch()
     if op in ("scan", "xsum"):
         value, nbytes = getattr(peer, op)(job)
-        seconds = time.perf_counter() - t0
+        timing = clock.stop()
         reply = {"value": value, "nbytes": nbytes}
     elif op in ("array", "array-out"):
         out = peer.array(job)
-        seconds = time.perf_counter() - t0
+        timing = clock.stop()
         reply = {"value": float(out.sum(dtype=np.float64)), "nbytes": out.nbytes}
         del out
     else:
         outs = peer.select(job)
-        seconds = time.perf_counter() - t0
+        timing = clock.stop()
         reply = {
             "sums": [float(np.asarray(o).sum(dtype=np.float64)) for o in outs],
             "shapes_ok": all(np.shape(o) == (WINDOW, WINDOW) for o in outs),
             "nbytes": int(sum(np.asarray(o).nbytes for o in outs)),
         }
-    return reply | {
-        "ok": True, "seconds": seconds, "rss_before": rss_before * 1024,
+    return reply | timing | {
+        "ok": True, "rss_before": rss_before * 1024,
         "rss_peak": peak_rss_kib(exact) * 1024, "rss_exact": exact, "detail": peer.detail,
     }
 

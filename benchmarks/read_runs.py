@@ -99,7 +99,8 @@ def timed_run(worker: Worker, job: Job, ds: Dataset, res: Result, expected: np.n
         return
     res.note = res.note or reply.get("detail", "")
     res.runs.append(Run(reply["seconds"], reply["nbytes"], rss_peak=reply["rss_peak"],
-                        rss_before=reply["rss_before"]))
+                        rss_before=reply["rss_before"], cpu_busy=reply.get("cpu_busy"),
+                        cpu_kernel=reply.get("cpu_kernel")))  # (a baseline may not count)
 
 
 def fio_run(fio: FioReader, ds: Dataset, cold: bool, res: Result) -> None:
@@ -143,8 +144,10 @@ def run_dataset(
     expected: np.ndarray,
     repeats: int,
     workloads: list[str],
+    drop: int = 3,
 ) -> list[Result]:
-    """Warm every reader up on ``ds``, then time it in each cache state."""
+    """Warm every reader up on ``ds``, then time it in each cache state (cold: after
+    :func:`~harness.cache.drop_caches` of level ``drop``)."""
     failed = warm_up(workers, ds, sels, expected, workloads)  # (workload, reader) -> why
     jobs = {wl: make_job(ds, wl, sels, check=False) for wl in workloads}
     results: list[Result] = []
@@ -160,7 +163,7 @@ def run_dataset(
         fio_res = None
         if fio is not None:
             fio_res = Result(ds.spec.name, cache, "scan", "fio", verified=VERIFIED["fio"])
-        run_cache_state(ds, cache, workers, rows, jobs, expected, fio, fio_res, repeats)
+        run_cache_state(ds, cache, workers, rows, jobs, expected, fio, fio_res, repeats, drop)
         results += list(rows.values()) + ([fio_res] if fio_res else [])
     return in_table_order(results, states)
 
@@ -175,6 +178,7 @@ def run_cache_state(
     fio: FioReader | None,
     fio_res: Result | None,
     repeats: int,
+    drop: int = 3,
 ) -> None:
     """Time every reader ``repeats`` times on ``ds`` in one cache state, readers in turn;
     the runs go into ``rows`` (by workload and reader) and ``fio_res``."""
@@ -191,11 +195,11 @@ def run_cache_state(
                 if res is None or res.error:
                     continue
                 if cold:
-                    drop_caches()
+                    drop_caches(drop)
                 timed_run(w, jobs[wl], ds, res, expected)
             if wl == "scan" and fio_res is not None and not fio_res.error:
                 if cold:
-                    drop_caches()
+                    drop_caches(drop)
                 fio_run(fio, ds, cold, fio_res)
             print(f"    {ds.spec.name} {cache} {wl} repeat {rep + 1}/{repeats} done", flush=True)
 

@@ -127,6 +127,9 @@ def test_read(tmp_path, data_dir):
     assert set(rows) == expected
     for key, row in rows.items():
         assert len(row["runs"]) == 1 and row["median_s"] > 0
+        run = row["runs"][0]  # the machine's busy CPU during the run (fio: not counted;
+        if key[3] != "fio":   # in ticks of 10 ms, so a run of a few ms may count none)
+            assert 0 <= run["cpu_kernel"] <= run["cpu_busy"], run
         if key[2] == "scan" and key[3] not in ("fio", "decode-only"):
             assert row["bytes"] == 16 * 512 * 512 * 4  # the whole array, its sum checked
         if key[2] == "select":
@@ -141,7 +144,8 @@ def test_crops(tmp_path, data_dir):
     rows = rows_ok(report)
     readers = peers(["dask_lsio", "zarr", "zarrs", "tensorstore"], report)
     boxes = {"boxes": peers(["dask_lsio", "tensorstore"], report),
-             "box": peers(["dask_lsio", "lsio-pipeline", "zarr", "tensorstore", "dask"], report)}
+             "box": peers(["dask_lsio", "lsio-pipeline", "zarr", "tensorstore", "dask",
+                           "zarr-memory", "dask-memory"], report)}
     assert set(rows) == ({("crops", "warm", r) for r in readers}
                          | {("two", "warm", "dask_lsio")}
                          | {(k, "warm", r) for k, names in boxes.items() for r in names}
@@ -152,6 +156,9 @@ def test_crops(tmp_path, data_dir):
     for kind, n in (("boxes", 64), ("box", 16)):  # the same boxes from every reader
         got = [rows[(kind, "warm", r)] for r in boxes[kind]]
         assert len({row["sum"] for row in got}) == 1 and {row["work"] for row in got} == {n}
+    for row in rows.values():  # the machine's busy CPU during every run
+        assert all(0 <= o["cpu_kernel"] <= o["cpu_busy"] for o in row["runs"]), row
+    assert "cores (kernel)" in stdout
 
 
 def test_write(tmp_path, data_dir):
@@ -207,20 +214,33 @@ def test_cluster(tmp_path, data_dir):
     assert "dask_lsio-unqueued on the cluster / on the threaded scheduler" in stdout
 
 
-@pytest.mark.parametrize("dataset, check", [
-    ("D", "D warm scan (2^20 chunks of 1 KiB at full size): dask_lsio / zarrs"),
-    ("E", "E cold scan (12,288 files of 2x96x128): dask_lsio / tensorstore"),
+@pytest.mark.parametrize("dataset, check, more", [
+    ("D", "D warm scan (2^20 chunks of 1 KiB at full size): dask_lsio / zarrs", []),
+    ("E", "E cold scan (12,288 files of 2x96x128): dask_lsio / tensorstore",
+     ["--keep-metadata"]),
 ])
-def test_read_datasets_on_request(tmp_path, data_dir, dataset, check):
+def test_read_datasets_on_request(tmp_path, data_dir, dataset, check, more):
     """Datasets D (inner chunks of 1x16x16) and E (chunks of 2x96x128, not dividing the
     array) run only when named: a scan by the readers that plan chunks in bulk, every one's
-    sum checked."""
+    sum checked. (--keep-metadata: cold runs would drop the page cache only.)"""
     report, stdout = bench("read", tmp_path, data_dir, "--only", dataset, "--workloads",
-                           "scan", "--readers", "dask_lsio,zarrs,tensorstore")
+                           "scan", "--readers", "dask_lsio,zarrs,tensorstore", *more)
     rows = rows_ok(report)
     readers = peers(["dask_lsio", "zarrs", "tensorstore"], report)
     assert set(rows) == {(dataset, "warm", "scan", r) for r in readers}
     assert check in stdout
+    assert report["meta"]["cold_drop_caches"] == (1 if more else 3)
+
+
+def test_drop_caches_level(monkeypatch):
+    """Only the levels that mean something to the benchmarks: 1 (page cache) or 3 (and
+    dentries and inodes); 2 alone would keep the data cached."""
+    monkeypatch.syspath_prepend(str(BENCH))  # the scripts import their harness so
+    from harness.cache import drop_caches
+
+    for level in (0, 2, "3"):
+        with pytest.raises(ValueError, match="1 or 3"):
+            drop_caches(level)
 
 
 # One run per benchmark with this checkout as its own baseline, on a few readers: the twins

@@ -142,8 +142,8 @@ def test_prefetch_is_bounded_with_a_slow_consumer(cube, monkeypatch):
 
 @pytest.mark.parametrize("prefetch, at_once", [(1, 1), (2, 2), (3, 3), (5, 3)])
 def test_batches_read_at_once(cube, monkeypatch, prefetch, at_once):
-    """Up to three batches are read at once (two for prefetch=2, the default), never more
-    than prefetch."""
+    """Up to three batches are read at once (three with prefetch=3, the default), never
+    more than prefetch."""
     path, _ = cube
     crops = RandomCrops(path, (2, 8, 8), batch_size=2, seed=0, length=9, prefetch=prefetch)
     lock, running, most = threading.Lock(), [0], [0]

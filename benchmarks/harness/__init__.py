@@ -10,6 +10,7 @@ harness does the rest the same way for all of them:
                (``--baseline``), and the ``reader@baseline`` names of its twins
 ``workers``    worker processes: persistent ones served over a pipe, and one-shot runs
 ``memory``     a worker's peak RSS per run; warming the memory a run will allocate
+``cpu``        the machine's busy cores during a run (all of them, and the kernel's part)
 ``peers``      which optional peers (zarrs, tensorstore, fio) are installed, and notes on
                those that are not
 ``results``    ``Run`` and ``Result`` records, lookups and ratios between rows

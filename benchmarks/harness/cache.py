@@ -14,11 +14,14 @@ def can_drop_caches() -> bool:
     return os.geteuid() == 0 and os.access(DROP_CACHES, os.W_OK)
 
 
-def drop_caches() -> None:
-    """``sync; echo 3 > /proc/sys/vm/drop_caches``: page cache, dentries and inodes."""
+def drop_caches(level: int = 3) -> None:
+    """``sync; echo 3 > /proc/sys/vm/drop_caches``: page cache, dentries and inodes (level
+    1: the page cache only; the directory entries and inodes stay cached)."""
+    if level not in (1, 3):
+        raise ValueError(f"drop_caches level must be 1 or 3, not {level!r}")
     os.sync()
     with open(DROP_CACHES, "w") as f:
-        f.write("3\n")
+        f.write(f"{level}\n")
 
 
 def preread_files(paths: Iterable[str]) -> None:

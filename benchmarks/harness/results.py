@@ -11,6 +11,7 @@ import math
 import statistics
 from dataclasses import dataclass, field
 
+from .cpu import MIN_SECONDS
 from .sides import BASELINE, SEP, split_reader
 
 
@@ -27,6 +28,9 @@ class Run:
         What else it counts: files, crops, examples (0: nothing).
     rss_peak, rss_before : int, optional
         The worker's peak RSS during the run and its RSS before, in bytes.
+    cpu_busy, cpu_kernel : float, optional
+        The machine's busy CPU seconds during the run, over all cores, and the kernel's part
+        of them (:mod:`harness.cpu`).
     """
 
     seconds: float
@@ -34,6 +38,8 @@ class Run:
     count: int = 0
     rss_peak: int | None = None
     rss_before: int | None = None
+    cpu_busy: float | None = None
+    cpu_kernel: float | None = None
 
 
 @dataclass
@@ -77,6 +83,18 @@ class Result:
     def per_s(self) -> float:
         """``count`` per second at the median time (files/s, crops/s ...)."""
         return self.runs[0].count / self.median_s
+
+    @property
+    def cores(self) -> tuple[float, float] | None:
+        """Busy cores during the run of median time, and the kernel's part of them (None
+        without counts, or for a run too short to count: :data:`harness.cpu.MIN_SECONDS`)."""
+        runs = [r for r in self.runs if r.cpu_busy is not None and r.cpu_kernel is not None]
+        if not runs:
+            return None
+        run = sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+        if run.seconds < MIN_SECONDS:
+            return None
+        return run.cpu_busy / run.seconds, run.cpu_kernel / run.seconds
 
     @property
     def peak_rss(self) -> int | None:
