@@ -104,9 +104,9 @@ class RandomCrops:
         thunks = ((lambda b=b: self.batch(epoch, b)) for b in numbers)
         # several batches at once: one's planning (Python, one core) overlaps the others'
         # reading and decoding (C, every core). Two: +5% crops/s on 2 cores over one; three
-        # (the default): 1.81 cores busy instead of 1.73, +6.4% again (5 alternating pairs
-        # of 300 batches, 2026-11-30), for a batch more of memory (4 MiB for 32 crops of
-        # 8x64x64 float32); four: no better
+        # (the default): 1.87 cores busy instead of 1.74, 1.04x again (bench_crops, same
+        # run, 2026-11-30), for a batch more of memory (4 MiB for 32 crops of 8x64x64
+        # float32); four: no better
         return prefetched(thunks, self.prefetch, workers=min(self.prefetch, 3) or 1)
 
     def batch(self, epoch: int, number: int) -> dict[str, np.ndarray]:
