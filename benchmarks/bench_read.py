@@ -87,12 +87,13 @@ reads ``VmHWM`` after it, so the number includes what the process already holds 
 pools) plus what the run added; without clear_refs it falls back to ``ru_maxrss``, the peak
 of the worker's life. The machine's busy cores are read from ``/proc/stat`` around each run
 (``harness.cpu``): on 2 cores, a reader that keeps both busy is bound by its CPU work, the
-kernel's included (page cache, IO completions, path lookups), not by the device. Workloads run one after another; within a workload, readers take
-turns in every repeat and the order of turns rotates from one repeat to the next, so drift
-and the previous run's effects hit them alike;
-cold runs drop the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``, root only)
-before each timed run (``--keep-metadata``: ``echo 1``, the page cache only, so that the
-files' directory entries and inodes stay cached, as they are when fio's clock starts); warm runs pre-read the dataset. Each (dataset, reader, workload)
+kernel's included (page cache, IO completions, path lookups), not by the device. Workloads
+run one after another; within a workload, readers take turns in every repeat and the order
+of turns rotates from one repeat to the next, so drift and the previous run's effects hit
+them alike; cold runs drop the page cache (``sync; echo 3 > /proc/sys/vm/drop_caches``, root
+only) before each timed run (``--keep-metadata``: ``echo 1``, the page cache only, so that
+the files' directory entries and inodes stay cached, as they are when fio's clock starts);
+warm runs pre-read the dataset. Each (dataset, reader, workload)
 first runs once untimed (selections: the first 20), which also checks the result. Every
 timed run is checked too: the scan's sum against the sum computed when the data was
 generated (the whole array's sum after the clock stopped), each selection's sum against
