@@ -361,8 +361,10 @@ def compile_bundle(name: str, compiler, build_dir: str, jobs: int | None = None
     jobs = jobs or min(os.cpu_count() or 1, 8)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         objects = list(pool.map(one, b.sources))
-    compiler.create_static_lib(objects, b.name, output_dir=str(out))
     archive = compiler.library_filename(b.name, output_dir=str(out))
+    if os.path.exists(archive):  # `ar -cr` adds to an archive: a member no longer built stays
+        os.remove(archive)
+    compiler.create_static_lib(objects, b.name, output_dir=str(out))
     # keep the bundled libraries' symbols inside the extension: nothing else binds to them
     # and they never interpose on a system copy loaded by another module
     link_args = ["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else []
