@@ -78,8 +78,9 @@ import numpy as np
 from harness import args as cli
 from harness.cache import drop_caches, preread_files
 from harness.peers import installed
-from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Unavailable,
-                            finish, fmt, print_table, rel, run_meta)
+from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, CORES_COLUMN, CORES_LEGEND,
+                            Check, Column, Unavailable, finish, fmt, fmt_cores, print_table,
+                            rel, run_meta)
 from harness.results import Result, Run, check_values, lookup, versus_baseline
 from harness.sides import CURRENT, Side, report_sides, resolve_baseline, split_reader, with_twins
 from harness.workers import run_once
@@ -232,7 +233,7 @@ def print_results(results: list[Result], amp: dict[str, float], baseline: bool) 
     width = max([12] + [len(r.reader) for r in results])
     columns = ([Column("work", 7, "<"), Column("cache", 5, "<"), Column("reader", width, "<"),
                 Column("median s", 9), Column("crops/s", 9), Column("GB/s", 7),
-                Column("decoded/delivered", 18), Column("cores (kernel)", 14)]
+                Column("decoded/delivered", 18), CORES_COLUMN]
                + ([BASELINE_COLUMN] if baseline else []))
     rows: list[list[str] | Unavailable] = []
     for r in results:
@@ -242,13 +243,12 @@ def print_results(results: list[Result], amp: dict[str, float], baseline: bool) 
             continue
         per_s = "-" if r.workload == "stream" else f"{r.per_s:,.0f}"  # crops, boxes ...
         ratio = amp.get(r.reader) if r.workload == "crops" else None
-        cores = "-" if r.cores is None else "{:.2f} ({:.2f})".format(*r.cores)
-        rows.append(lead + [f"{r.median_s:.3f}", per_s, f"{r.gbps:.3f}", fmt(ratio), cores]
+        rows.append(lead + [f"{r.median_s:.3f}", per_s, f"{r.gbps:.3f}", fmt(ratio),
+                            fmt_cores(r.cores)]
                     + ([fmt(versus_baseline(results, r))] if baseline else []))
     legend = ("crops/s: examples/s for 'two' (each example is a satellite and an NWP crop; GB/s "
               "there counts the satellite crops only), boxes/s for 'boxes' and 'box'; GB/s "
-              "decimal, of delivered crops (stream: of the array); cores: the machine's busy "
-              "cores in the run of median time, and the kernel's part (harness.cpu)")
+              "decimal, of delivered crops (stream: of the array); " + CORES_LEGEND)
     print()
     print_table(columns, rows, legend + ("\n" + BASELINE_LEGEND if baseline else ""))
 

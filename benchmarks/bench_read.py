@@ -134,8 +134,9 @@ from pathlib import Path
 from harness import args as cli
 from harness.fio import FioReader
 from harness.peers import installed
-from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, Check, Column, Unavailable,
-                            finish, fmt, print_table, rel, run_meta)
+from harness.report import (BASELINE_COLUMN, BASELINE_LEGEND, CORES_COLUMN, CORES_LEGEND,
+                            Check, Column, Unavailable, finish, fmt, fmt_cores, print_table,
+                            rel, run_meta)
 from harness.results import Result, find, lookup, ratio, versus_baseline
 from harness.sides import Side, report_sides, resolve_baseline, split_reader, with_twins
 from harness.workers import Worker, serve, start_all
@@ -185,7 +186,7 @@ def print_results(results: list[Result], specs: dict[str, Spec], n_select: int,
         Column("dataset", 16, "<"), Column("cache", 5, "<"), Column("work", 9, "<"),
         Column("reader", width, "<"), Column("median s", 9), Column("GB/s", 7),
         Column("sel/s", 7), Column("x base", 7), Column("x zarrs", 7), Column("x ceil", 7),
-        Column("peak MiB", 9), Column("cores (kernel)", 14),
+        Column("peak MiB", 9), CORES_COLUMN,
     ] + ([BASELINE_COLUMN] if baseline else [])
     rows: list[list[str] | Unavailable] = []
     for r in results:
@@ -196,16 +197,14 @@ def print_results(results: list[Result], specs: dict[str, Spec], n_select: int,
         x = ratios(results, r)
         sel = f"{n_select / r.median_s:,.0f}" if r.workload == "select" else "-"
         rows.append(lead + [f"{r.median_s:.4f}", f"{r.gbps:.3f}", sel, fmt(x["base"]),
-                            fmt(x["zarrs"]), fmt(x["ceil"]), mib(r.peak_rss),
-                            "-" if r.cores is None else "{:.2f} ({:.2f})".format(*r.cores)]
+                            fmt(x["zarrs"]), fmt(x["ceil"]), mib(r.peak_rss), fmt_cores(r.cores)]
                     + ([fmt(x["baseline"])] if baseline else []))
     legend = (
         "GB/s: decimal, of decoded output (fio: decoded bytes / fio's time to read the stored "
         "bytes); x base, x zarrs, x ceil: GB/s over theirs in the same row group (base: dask "
         "for scan and select, zarr's default pipeline for array and xsum; ceil: decode-only "
         "when warm, else fio); peak MiB: the reader process's RSS high-water mark during a "
-        "timed run (max over repeats); cores: the machine's busy cores in the run of median "
-        "time (CPU seconds of all cores / seconds; of them in the kernel: system, irq, softirq)"
+        "timed run (max over repeats); " + CORES_LEGEND
     )
     print_table(columns, rows, legend + ("\n" + BASELINE_LEGEND if baseline else ""))
 

@@ -175,13 +175,14 @@ def box_reader(reader: str, path: str, at_once: bool) -> Any:
         a = dask_lsio.from_zarr(path)
         return lambda starts: np.stack([a[w].compute() for w in windows(starts)])
     if reader in ("zarr-memory", "dask-memory"):  # the front ends' own cost: no IO, no codec
-        values = dask_lsio.from_zarr(path).compute()
+        blocks = dask_lsio.from_zarr(path)
+        values = blocks.compute()
         if reader == "dask-memory":  # dask's compute of a selection of an in-memory array
             import dask
             import dask.array as da
 
             dask.config.set({"scheduler": "threads"})
-            a = da.from_array(values, chunks=dask_lsio.from_zarr(path).chunks)
+            a = da.from_array(values, chunks=blocks.chunks)
             return lambda starts: np.stack([a[w].compute() for w in windows(starts)])
         src = zarr.open_array(path, mode="r")  # zarr-python over the same chunks, in memory
         z = zarr.create_array(zarr.storage.MemoryStore(), shape=src.shape, chunks=src.chunks,

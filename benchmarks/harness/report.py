@@ -71,6 +71,15 @@ class Unavailable:
 BASELINE_COLUMN = Column("x baseline", 10)
 BASELINE_LEGEND = ("x baseline: GB/s over the same reader's with the baseline's dask_lsio "
                    "(its NAME@baseline row, same row group)")
+CORES_COLUMN = Column("cores (kernel)", 14)
+CORES_LEGEND = ("cores: the machine's busy cores in the run of median time (CPU seconds of "
+                "all cores / seconds), and in brackets the kernel's part (system, irq, "
+                "softirq; harness.cpu)")
+
+
+def fmt_cores(cores: tuple[float, float] | None) -> str:
+    """A row's :attr:`~harness.results.Result.cores` for :data:`CORES_COLUMN`."""
+    return "-" if cores is None else f"{cores[0]:.2f} ({cores[1]:.2f})"
 
 
 def print_table(columns: list[Column], rows: list[list[str] | Unavailable], legend: str) -> None:
