@@ -171,7 +171,7 @@ TARGETS = {
             "zlib ZLIB_VERSION\n"
         ),
         headers=["blosc.h", "lz4.h", "zstd.h", "zlib.h"],
-        more=[_ZARR / "_kernel_codecs.c", _ZARR / "_kernel_gather.c"],
+        more=[_ZARR / "_kernel_codecs.c", _ZARR / "_kernel_gather.c", _ZARR / "_kernel_lz4.c"],
     ),
 }
 

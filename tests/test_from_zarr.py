@@ -55,6 +55,8 @@ def test_matches_zarr_python(spec, seed):
             np.testing.assert_array_equal(x[sel].compute(), expected[sel], err_msg=str(sel))
         small = dask_lsio.from_zarr(path, chunks=tuple(max(1, n // 2) for n in expected.shape))
         np.testing.assert_array_equal(small.compute(scheduler="sync"), expected)
+        with dask.config.set({"lsio.nontemporal-bytes": 0}):  # every block streamed
+            np.testing.assert_array_equal(small.compute(scheduler="sync"), expected)
 
 
 @pytest.fixture
@@ -88,6 +90,29 @@ def test_blocks_are_coarse_and_aligned(big):
         y = dask_lsio.from_zarr(root / "sharded")
     assert all(c % 4 == 0 for c in y.chunks[0][:-1]) and y.chunks[1:] == ((256,), (256,))
     assert len(x.dask) == x.npartitions + 1  # the blocks and the source: a tiny graph
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int16", "uint8", "float64"])
+@pytest.mark.parametrize("codec", ["blosc-lz4", "blosc-lz4-noshuffle", "zstd", None])
+def test_streamed_blocks_read_the_same(tmp_path, dtype, codec):
+    """Blocks of lsio.nontemporal-bytes or more are placed with non-temporal stores: the
+    same values, whether a chunk lands in pieces (1x64x100 in blocks of whole planes) or
+    whole (blocks of one chunk), sharded or not."""
+    data = (np.random.default_rng(2).random((6, 128, 200)) * 100).astype(dtype)
+    comp = {"blosc-lz4": BloscCodec(cname="lz4", shuffle="shuffle"),
+            "blosc-lz4-noshuffle": BloscCodec(cname="lz4", shuffle="noshuffle"),
+            "zstd": ZstdCodec(), None: None}[codec]
+    for shards in (None, (2, 128, 200)):
+        path = tmp_path / f"a{shards is None}"
+        z = zarr.create_array(path, shape=data.shape, chunks=(1, 64, 100), shards=shards,
+                              dtype=dtype, compressors=comp)
+        z[:] = data
+        with dask.config.set({"lsio.nontemporal-bytes": 0}):
+            for chunks in ((2, 128, 200), (1, 64, 100)):
+                got = dask_lsio.from_zarr(path, chunks=chunks).compute(scheduler="sync")
+                np.testing.assert_array_equal(got, data, err_msg=f"{shards} {chunks}")
+            boxes = dask_lsio.read_boxes(path, [[0, 3, 5], [4, 50, 90]], (2, 70, 110))
+            np.testing.assert_array_equal(boxes[1], data[4:6, 50:120, 90:200])
 
 
 def test_queue_slots_count_as_distributed_does():

@@ -32,28 +32,38 @@ SIZE = 3  # LSIO_KERR_SIZE
 GUARD = 64  # bytes around the output that no decoder may touch
 
 
-def kernel_decode(name: str, data: bytes, shape: tuple[int, ...], dtype="uint8", fill=None):
+# how a chunk is placed: decoded straight into a contiguous output; element by element into
+# every other element of one (through scratch; blosc-LZ4 of 1, 2 or 4-byte items read by
+# _kernel_lz4.c); contiguous, with non-temporal stores (plan.stream: also through scratch)
+PLACEMENTS = ("whole", "pieces", "streamed")
+
+
+def kernel_decode(name: str, data: bytes, shape: tuple[int, ...], dtype="uint8", fill=None,
+                  placement="whole"):
     """The kernel's decoding of one whole chunk: its values, or its LSIO_KERR_* code.
 
     With ``fill``, the output lies inside a buffer of ``fill`` bytes (its previous contents)
-    whose bytes around it must stay untouched."""
+    whose bytes around it (and, placed in pieces, between its elements) must stay untouched.
+    """
     codec = ChunkCodec(shape, np.dtype(dtype))
     nbytes = codec.nbytes
-    if fill is None:
-        out = np.empty(shape, dtype)
-    else:
-        whole = np.full(nbytes + 2 * GUARD, fill, np.uint8)
-        out = whole[GUARD:GUARD + nbytes].view(dtype).reshape(shape)
+    step = 2 if placement == "pieces" else 1
+    whole = np.full(step * nbytes + 2 * GUARD, 0 if fill is None else fill, np.uint8)
+    flat = whole[GUARD:GUARD + step * nbytes].view(dtype)
+    out = flat[::step].reshape(shape)
     zeros = np.zeros((1, len(shape)), np.int64)
     jobs = Jobs(["-"], np.zeros(1, np.int64), np.full(1, -1, np.int64),
                 np.array([0, 1], np.int64), np.zeros(1, np.int64), np.full(1, -1, np.int64),
                 zeros, np.array([shape], np.int64), zeros)
     arrays = _kernel._plan_arrays(jobs, out)
-    plan, _scratch, _decoded = _kernel._plan(arrays, out, codec, _kernel._CODECS.get(name, 0), 0)
+    plan, _scratch, _decoded = _kernel._plan(arrays, out, codec, _kernel._CODECS.get(name, 0), 0,
+                                             stream=placement == "streamed")
     src = _kernel.ffi.from_buffer(data)
     _kernel.lib.lsio_kernel_hook(plan, 0, src, len(data))
     if fill is not None:
         assert (whole[:GUARD] == fill).all() and (whole[-GUARD:] == fill).all()
+        if step > 1:
+            assert (flat[1::step].copy().view(np.uint8) == fill).all()
     err = int(arrays["job_err"][0])
     return err if err else out
 
@@ -102,11 +112,13 @@ CODECS = {
 }
 
 
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("name", list(CODECS))
-def test_damaged_chunks_decode_as_numcodecs_decodes_them(name):
-    """Same values or both fail, for hundreds of damaged chunks of every configuration;
-    decoded straight into the output, nothing outside the chunk's place is written and
-    nothing that was there before shows through."""
+def test_damaged_chunks_decode_as_numcodecs_decodes_them(name, placement):
+    """Same values or both fail, for hundreds of damaged chunks of every configuration,
+    however the chunk is placed (the same error too: c-blosc's, also where the kernel reads
+    blosc-LZ4 itself); nothing outside the chunk's place is written and nothing that was
+    there before shows through."""
     rng = np.random.default_rng(list(map(ord, name)))
     trials = 600 if name in ("zstd", "blosc") else 300
     differ = []
@@ -116,11 +128,15 @@ def test_damaged_chunks_decode_as_numcodecs_decodes_them(name):
         values = chunk_values(rng, int(rng.integers(20, 1500)), dtype)
         data = damaged(codec.encode(values), rng) if t % 10 else codec.encode(values)
         want = reference(codec, data, values.nbytes)
-        got = kernel_decode(name, data, values.shape, dtype, fill=0)
+        got = kernel_decode(name, data, values.shape, dtype, fill=0, placement=placement)
         ours = None if isinstance(got, int) else got.tobytes()
-        again = kernel_decode(name, data, values.shape, dtype, fill=255)
+        again = kernel_decode(name, data, values.shape, dtype, fill=255, placement=placement)
         # whatever the output held before does not show through (no codec reads it)
         assert (None if isinstance(again, int) else again.tobytes()) == ours, t
+        if placement != "whole":  # the error code too: the kernel's whole decode's
+            direct = kernel_decode(name, data, values.shape, dtype)
+            assert (got if isinstance(got, int) else -1) == \
+                (direct if isinstance(direct, int) else -1), (t, codec, dtype)
         if ours is None and name == "blosc" and _frame_length(data) != len(data):
             continue  # numcodecs reads a truncated frame past its end, or ignores the rest
         if ours != want:
@@ -195,6 +211,60 @@ def test_zstd_contexts_are_freed_when_their_thread_exits():
         time.sleep(0.01)
     assert _kernel.lib.lsio_kernel_zstd_contexts() == before
 
+
+def _with(frame: bytes, at: int, value: bytes) -> bytes:
+    return frame[:at] + value + frame[at + len(value):]
+
+
+def _blosc_lz4_variants() -> dict[str, tuple[bytes, str]]:
+    """8 KiB blosc-LZ4 frames, and their header fields set to what c-blosc 1.21 refuses (or,
+    for the last ones, what it accepts): 2 shuffled blocks of 1,024 float32 (4 streams
+    each), or one block of bytes (one stream)."""
+    rng = np.random.default_rng(5)
+    frame = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=1, blocksize=4096).encode(
+        chunk_values(rng, 2048, "<f4"))
+    one = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=0, blocksize=8192).encode(
+        chunk_values(rng, 8192, "uint8"))
+    le = lambda n: int(n).to_bytes(4, "little", signed=True)  # noqa: E731
+    f4 = {
+        "as written": frame,
+        "lz4 format version 2": _with(frame, 1, b"\x02"),
+        "a future flag (0x08)": _with(frame, 2, bytes([frame[2] | 0x08])),
+        "blocks larger than the chunk": _with(frame, 8, le(8192 + 4)),
+        "blocks of 0 bytes": _with(frame, 8, le(0)),
+        "a negative block start": _with(frame, 16, le(-4)),
+        "a block start past the end": _with(frame, 20, le(len(frame))),
+        "a stream size past the end": _with(frame, int.from_bytes(frame[16:20], "little"),
+                                            le(len(frame))),
+        "one block of the whole chunk": _with(frame, 8, le(8192)),  # streams mis-split
+        "blocks of 2 KiB": _with(frame, 8, le(2048)),
+    }
+    u1 = {
+        "one stream as written": one,
+        "one stream, its block larger than the chunk": _with(one, 8, le(8192 + 1)),
+        "one stream, its block past c-blosc's limit": _with(one, 8, le(2**31 - 1)),
+    }
+    return {**{k: (v, "<f4") for k, v in f4.items()}, **{k: (v, "uint8") for k, v in u1.items()}}
+
+
+@pytest.mark.parametrize("placement", PLACEMENTS)
+@pytest.mark.parametrize("variant", list(_blosc_lz4_variants()))
+def test_blosc_lz4_headers_are_refused_as_c_blosc_refuses_them(variant, placement):
+    """Where the kernel reads blosc-LZ4 itself (placed in pieces, or streamed), a header
+    c-blosc refuses is refused with c-blosc's error, and one it accepts decodes to its
+    values: as numcodecs decodes it, and as the kernel's c-blosc does (placed whole)."""
+    data, dtype = _blosc_lz4_variants()[variant]
+    codec = numcodecs.Blosc(cname="lz4")
+    want = reference(codec, data, 8192)
+    shape = (8192 // np.dtype(dtype).itemsize,)
+    got = kernel_decode("blosc", data, shape, dtype, fill=7, placement=placement)
+    direct = kernel_decode("blosc", data, shape, dtype)
+    if want is None:
+        assert isinstance(got, int) and got == direct, (got, direct)
+    else:
+        assert not isinstance(got, int) and got.tobytes() == want
+    if "as written" in variant:
+        assert want is not None
 
 def test_blosc_chunk_past_2_gib_is_refused():
     """c-blosc 1.x sizes are 32-bit: a chunk of 3 GiB cannot be a blosc frame (nothing is

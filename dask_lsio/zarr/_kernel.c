@@ -7,13 +7,11 @@
  */
 #include <string.h>
 #include <blosc.h>
-#include <lz4.h>
-#ifdef __SSE2__
-#include <emmintrin.h>
-#endif
 
 #include "_kernel.h"
 #include "_kernel_codecs.h"
+#include "_kernel_copy.h"
+#include "_kernel_lz4.h"
 
 uint32_t lsio_kernel_codecs(void) {
     return (1u << LSIO_CODEC_NONE) | (1u << LSIO_CODEC_BLOSC) | (1u << LSIO_CODEC_ZSTD) |
@@ -41,188 +39,6 @@ static int decode_blosc_part(const char *src, int64_t n, char *dst, int64_t want
     if (got < 0) return LSIO_KERR_CORRUPT;
     *decoded += got;
     return got == (last - first) * (int64_t)ts ? 0 : LSIO_KERR_SIZE;
-}
-
-/* ---- blosc-LZ4 chunks a crop needs a part of (plan.partial: lsio.partial-decode) --------
- * A crop needs some rows of a chunk. c-blosc decodes whole blocks (a 64 KiB chunk is one
- * block) and unshuffles them whole, so we read the blocks of c-blosc's format 2 with LZ4 and
- * byte shuffle (or none) ourselves: a stream holding none of the bytes the crop needs is not
- * decoded, one whose needed bytes end before its end is decoded that far
- * (LZ4_decompress_safe_partial), and unshuffling is fused into the copy into the crop, so
- * only the bytes delivered are unshuffled. Any other blosc chunk goes through c-blosc. The
- * layout, as c-blosc 1.x writes it: a 16-byte header, an int32 start per block, and per
- * block `nsplits` streams of consecutive bytes of its buffer (int32 compressed size, then
- * the bytes; stored raw when that size is the stream's). A shuffled block of `nq` elements
- * of `ts` bytes holds byte b of element i at b * nq + i (split in `ts` streams, each is a
- * byte plane). Bytes after the last one needed are not decoded, so corruption there goes
- * unnoticed (where zarr-python, decoding whole chunks, raises): hence a setting,
- * lsio.partial-decode. */
-#define BLOSC_NOSPLIT 0x10   /* header flag: blocks are one stream each */
-#define BLOSC_MAX_SPLITS 16  /* c-blosc splits blocks of at most this typesize ... */
-#define BLOSC_MIN_SPLIT 128  /* ... and at least this many elements */
-#define LZ4_PARTIAL_RATIO 3  /* a stream prefix up to 1/3 of it decodes partially, ... */
-#define LZ4_RUNS_RATIO 16    /* ... a longer one unless the stream is mostly long runs */
-
-typedef struct blosc_view {
-    const uint8_t *src;
-    int64_t n, nbytes, blocksize, ts;
-    int shuffled, nosplit;
-} blosc_view;
-
-static int64_t le32(const uint8_t *p) {
-    return (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-                     (uint32_t)p[3] << 24);
-}
-
-/* 1: a chunk read_lz4_part handles (v filled), 0: not (c-blosc decodes it), or -err. */
-static int blosc_lz4_view(const char *src, int64_t n, int64_t want, blosc_view *v) {
-    int e = lsio_blosc_header(src, n, want);
-    if (e) return -e;
-    const uint8_t *h = (const uint8_t *)src;
-    int flags = h[2];
-    v->src = h;
-    v->n = n;
-    v->nbytes = want;
-    v->ts = h[3];
-    v->blocksize = le32(h + 8);
-    v->shuffled = (flags & BLOSC_DOSHUFFLE) && v->ts > 1;
-    v->nosplit = (flags & BLOSC_NOSPLIT) != 0;
-    if (h[0] != BLOSC_VERSION_FORMAT || (flags >> 5) != BLOSC_LZ4_FORMAT ||
-        (flags & (BLOSC_MEMCPYED | BLOSC_DOBITSHUFFLE)) || v->ts < 1 || v->blocksize < 1 ||
-        v->blocksize % v->ts || want % v->ts || want == 0)
-        return 0;
-    int64_t nblocks = (want + v->blocksize - 1) / v->blocksize;
-    return BLOSC_MIN_HEADER_LENGTH + 4 * nblocks <= n ? 1 : -LSIO_KERR_CORRUPT;
-}
-
-static int64_t block_size(const blosc_view *v, int64_t k) {
-    int64_t rest = v->nbytes - k * v->blocksize;
-    return rest < v->blocksize ? rest : v->blocksize;
-}
-
-/* Where the bytes of elements [e0, e1) of a block of nq elements end within [lo, hi) of its
- * (shuffled) buffer, relative to lo; 0 when none of them lie there. Shuffled, byte b of
- * element i is at b * nq + i; else element i's bytes are at i * ts. */
-static int64_t needed_end(const blosc_view *v, int64_t nq, int64_t e0, int64_t e1, int64_t lo,
-                          int64_t hi) {
-    int64_t planes = v->shuffled ? v->ts : 1, width = v->shuffled ? 1 : v->ts;
-    for (int64_t b = planes - 1; b >= 0; b--) { /* the last plane that meets [lo, hi) */
-        int64_t first = b * nq + e0 * width, end = b * nq + e1 * width;
-        if (first < hi && end > lo) return (end < hi ? end : hi) - lo;
-    }
-    return 0;
-}
-
-/* Decode what elements [e0, e1) of block k need into out (the block's buffer, shuffled or
- * not): the buffer is `nsplits` streams of consecutive bytes, each decoded up to its last
- * needed byte, and streams holding none of them not at all. */
-static int read_block_part(const blosc_view *v, int64_t k, int64_t e0, int64_t e1, char *out,
-                           int64_t *decoded) {
-    int64_t bsize = block_size(v, k), nq = bsize / v->ts;
-    int split = !v->nosplit && v->ts <= BLOSC_MAX_SPLITS && nq >= BLOSC_MIN_SPLIT &&
-                bsize == v->blocksize; /* c-blosc never splits the last, shorter block */
-    int64_t nsplits = split ? v->ts : 1, neblock = bsize / nsplits;
-    int64_t at = le32(v->src + BLOSC_MIN_HEADER_LENGTH + 4 * k);
-    for (int64_t j = 0; j < nsplits; j++) {
-        if (at < 0 || at > v->n - 4) return LSIO_KERR_CORRUPT;
-        int64_t cb = le32(v->src + at);
-        at += 4;
-        if (cb < 0 || cb > v->n - at) return LSIO_KERR_CORRUPT;
-        int64_t target = needed_end(v, nq, e0, e1, j * neblock, (j + 1) * neblock);
-        char *dst = out + j * neblock;
-        if (target > 0 && cb == neblock) { /* stored raw */
-            memcpy(dst, v->src + at, (size_t)target);
-            *decoded += target;
-        } else if (target > 0) {
-            /* liblz4's partial decoder keeps its fast loop (a 70% prefix of a 16 KiB plane
-             * compressed 2x: ~63% of the whole plane's time), but copies a match that
-             * crosses the target byte by byte: a plane of long runs (compressed more than
-             * LZ4_RUNS_RATIO times, e.g. the exponent bytes of smooth floats) decodes
-             * faster whole, unless the prefix is short. bench_crops (dataset A): this rule
-             * 1.09x the crops/s of "prefixes up to 1/3 only", every prefix in part 0.78x */
-            const char *in = (const char *)v->src + at;
-            int got = (target * LZ4_PARTIAL_RATIO <= neblock ||
-                       (target < neblock && cb * LZ4_RUNS_RATIO >= neblock))
-                          ? LZ4_decompress_safe_partial(in, dst, (int)cb, (int)target,
-                                                        (int)neblock)
-                          : LZ4_decompress_safe(in, dst, (int)cb, (int)neblock);
-            if (got < 0) return LSIO_KERR_CORRUPT;
-            if (got < target) return LSIO_KERR_SIZE;
-            *decoded += got;
-        }
-        at += cb;
-    }
-    return 0;
-}
-
-/* Decode what the bytes [lo, hi) of the chunk need into scratch, block k at k * blocksize. */
-static int read_lz4_part(const blosc_view *v, int64_t lo, int64_t hi, char *scratch,
-                         int64_t *decoded) {
-    for (int64_t k = lo / v->blocksize; k * v->blocksize < hi; k++) {
-        int64_t start = k * v->blocksize, bsize = block_size(v, k);
-        int64_t first = lo > start ? lo - start : 0, end = hi < start + bsize ? hi - start : bsize;
-        int e = read_block_part(v, k, first / v->ts, (end + v->ts - 1) / v->ts, scratch + start,
-                                decoded);
-        if (e) return e;
-    }
-    return 0;
-}
-
-/* cnt elements from i0 of a shuffled block of nq elements of ts bytes, unshuffled to dst. */
-static void unshuffle(const uint8_t *blk, int64_t nq, int64_t ts, int64_t i0, int64_t cnt,
-                      uint8_t *dst) {
-    int64_t i = 0;
-#ifdef __SSE2__
-    if (ts == 4) {
-        const uint8_t *p0 = blk + i0, *p1 = p0 + nq, *p2 = p1 + nq, *p3 = p2 + nq;
-        for (; i + 16 <= cnt; i += 16) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(p0 + i));
-            __m128i b = _mm_loadu_si128((const __m128i *)(p1 + i));
-            __m128i c = _mm_loadu_si128((const __m128i *)(p2 + i));
-            __m128i d = _mm_loadu_si128((const __m128i *)(p3 + i));
-            __m128i ab0 = _mm_unpacklo_epi8(a, b), ab1 = _mm_unpackhi_epi8(a, b);
-            __m128i cd0 = _mm_unpacklo_epi8(c, d), cd1 = _mm_unpackhi_epi8(c, d);
-            __m128i *o = (__m128i *)(dst + 4 * i);
-            _mm_storeu_si128(o, _mm_unpacklo_epi16(ab0, cd0));
-            _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(ab0, cd0));
-            _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(ab1, cd1));
-            _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(ab1, cd1));
-        }
-    } else if (ts == 2) {
-        const uint8_t *p0 = blk + i0, *p1 = p0 + nq;
-        for (; i + 16 <= cnt; i += 16) {
-            __m128i a = _mm_loadu_si128((const __m128i *)(p0 + i));
-            __m128i b = _mm_loadu_si128((const __m128i *)(p1 + i));
-            __m128i *o = (__m128i *)(dst + 2 * i);
-            _mm_storeu_si128(o, _mm_unpacklo_epi8(a, b));
-            _mm_storeu_si128(o + 1, _mm_unpackhi_epi8(a, b));
-        }
-    }
-#endif
-    for (; i < cnt; i++)
-        for (int64_t b = 0; b < ts; b++) dst[i * ts + b] = blk[b * nq + i0 + i];
-}
-
-/* Copy bytes [x, x + len) of the decoded chunk to dst from scratch's shuffled blocks. */
-static void copy_unshuffled(const blosc_view *v, const char *scratch, int64_t x, int64_t len,
-                            char *dst) {
-    while (len > 0) {
-        int64_t k = x / v->blocksize, y = x - k * v->blocksize, bsize = block_size(v, k);
-        int64_t take = len < bsize - y ? len : bsize - y;
-        const uint8_t *blk = (const uint8_t *)scratch + k * v->blocksize;
-        if (!v->shuffled) {
-            memcpy(dst, blk + y, (size_t)take);
-        } else if (y % v->ts == 0 && take % v->ts == 0) {
-            unshuffle(blk, bsize / v->ts, v->ts, y / v->ts, take / v->ts, (uint8_t *)dst);
-        } else { /* bytes of partial elements (typesize not the item size) */
-            int64_t nq = bsize / v->ts;
-            for (int64_t t = 0; t < take; t++)
-                dst[t] = (char)blk[((y + t) % v->ts) * nq + (y + t) / v->ts];
-        }
-        x += take;
-        dst += take;
-        len -= take;
-    }
 }
 
 static int decode(const lsio_kplan *p, const char *src, int64_t n, char *dst, int64_t want) {
@@ -272,15 +88,16 @@ static void plan_copy(const lsio_kplan *p, const int64_t *count, copy_shape *c) 
 }
 
 /* Where a copy reads: the decoded chunk at base, or (view set) a blosc-LZ4 chunk's shuffled
- * blocks at base, unshuffled as they are copied. */
+ * blocks at base, unshuffled as they are copied; and how it writes (stream: plan.stream). */
 typedef struct copy_src {
     const char *base;
-    const blosc_view *view;
+    const lsio_lz4_view *view;
+    int stream;
 } copy_src;
 
 static void copy_run(const copy_src *s, int64_t off, int64_t run, char *dst) {
-    if (s->view) copy_unshuffled(s->view, s->base, off, run, dst);
-    else memcpy(dst, s->base + off, (size_t)run);
+    if (s->view) lsio_lz4_copy(s->view, s->base, off, run, dst, s->stream);
+    else lsio_copy(dst, s->base + off, run, s->stream);
 }
 
 /* Copy the selection whose first byte is at `off` in the chunk to dst. */
@@ -316,30 +133,50 @@ static void sel_span(const lsio_kplan *p, const int64_t *start, const int64_t *c
  * (blosc-LZ4), else the blocks it spans. Otherwise chunks are decoded whole, so that a chunk
  * zarr-python cannot decode is an error here too, whatever part of it is needed. */
 static int decode_part(const lsio_kplan *p, int64_t j, const char *src, int64_t len,
-                       int64_t *held, int shared, blosc_view *view, copy_src *s) {
+                       int64_t *held, int shared, lsio_lz4_view *view, copy_src *s) {
     int64_t want = chunk_nbytes(p), h = *held;
     s->base = p->scratch;
     s->view = NULL;
     if (h >= 0 && p->src_off[h] == p->src_off[j] && p->src_len[h] == p->src_len[j])
         return 0; /* scratch holds this chunk already */
     *held = -1;
-    if (p->codec != LSIO_CODEC_BLOSC || shared || !p->partial) {
+    int fast = 0;
+    if (p->codec == LSIO_CODEC_BLOSC && !shared) {
+        fast = lsio_lz4_view_of(src, len, want, view);
+        if (fast < 0) return -fast;
+    }
+    if (p->codec != LSIO_CODEC_BLOSC || shared ||
+        (!p->partial && !(fast && lsio_lz4_fused(view)))) {
         int e = decode(p, src, len, p->scratch, want);
         if (!e) *held = j;
         return e;
     }
+    if (!p->partial) { /* decoded whole as c-blosc would, unshuffled as it is copied */
+        s->view = view;
+        return lsio_lz4_read_whole(view, p->scratch, p->decoded);
+    }
     const int64_t *start = p->sel + 2 * p->ndim * j;
     int64_t lo, hi;
     sel_span(p, start, start + p->ndim, &lo, &hi);
-    int fast = blosc_lz4_view(src, len, want, view);
-    if (fast < 0) return -fast;
     if (!fast) return decode_blosc_part(src, len, p->scratch, want, lo, hi, p->decoded);
     s->view = view;
-    return read_lz4_part(view, lo, hi, p->scratch, p->decoded);
+    return lsio_lz4_read_part(view, lo, hi, p->scratch, p->decoded);
+}
+
+/* Whether a whole chunk landing in a contiguous piece of a streamed output goes through
+ * scratch (decode_part) so that it can be streamed: stored bytes, and blosc-LZ4 chunks that
+ * c-blosc would unshuffle into place through its own temporary anyway. */
+static int whole_streamed(const lsio_kplan *p, const char *src, int64_t len) {
+    if (!p->stream) return 0;
+    if (p->codec == LSIO_CODEC_NONE) return 1;
+    lsio_lz4_view view;
+    return p->codec == LSIO_CODEC_BLOSC && lsio_lz4_view_of(src, len, chunk_nbytes(p), &view) > 0
+           && lsio_lz4_fused(&view);
 }
 
 /* Place job j: decoded straight into the output when it is the whole chunk landing in a
- * contiguous piece of it, else through scratch (decode_part) and one strided copy. */
+ * contiguous piece of it (unless that is to stream: see whole_streamed), else through
+ * scratch (decode_part) and one strided copy. */
 static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, int64_t *held,
                    int shared) {
     int64_t off = p->src_off[j];
@@ -351,9 +188,10 @@ static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, 
     char *out = p->dest + p->dst_off[j];
     copy_shape c;
     plan_copy(p, count, &c);
-    if (c.nd == 0 && c.run == want) return decode(p, data + off, len, out, want); /* whole */
-    copy_src s = {data + off, NULL};
-    blosc_view view;
+    if (c.nd == 0 && c.run == want && !whole_streamed(p, data + off, len))
+        return decode(p, data + off, len, out, want);
+    copy_src s = {data + off, NULL, p->stream};
+    lsio_lz4_view view;
     if (p->codec == LSIO_CODEC_NONE) { /* the stored bytes are the values */
         if (len != want) return LSIO_KERR_SIZE;
     } else {
@@ -377,5 +215,6 @@ int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n) {
         p->job_err[j] = run_job(p, j, data, n, &held, shared);
         failed |= p->job_err[j] != 0;
     }
+    lsio_copy_fence(p->stream);
     return failed;
 }

@@ -29,6 +29,7 @@ typedef struct lsio_kplan {
     int32_t ndim;
     int32_t partial; /* blosc chunks a job needs a part of: decode only the blocks it needs
                       * (faster; corruption elsewhere in the chunk then goes unnoticed) */
+    int32_t stream;  /* place with non-temporal stores (a large output: _kernel_copy.h) */
     int64_t itemsize;
     int64_t chunk_shape[LSIO_KMAXDIM]; /* the decoded chunk, C order */
     int64_t dest_strides[LSIO_KMAXDIM]; /* of the output array, in bytes */

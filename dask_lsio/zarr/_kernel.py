@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import metrics
+from .. import config, metrics
 from ..build import warn_missing
 from ..errors import ChunkDecodeError
 from ..io import hooks
@@ -82,6 +82,8 @@ def run_many(jobs: list[Run], parts: int) -> list[dict[int, OSError]]:
     base = np.cumsum([0] + [len(j.plan.keys) for j in jobs])
     codes = [kernel_codec(j.spec.codec) for j in jobs]
     keep = [_plan_arrays(j.plan, j.out) for j in jobs]
+    # outputs this large are written around the caches (see _kernel_copy.h)
+    stream = config.get_bytes("nontemporal-bytes")
     spans = []
     for k, j in enumerate(jobs):
         spans += [(int(base[k] + lo), int(base[k] + hi))
@@ -91,7 +93,7 @@ def run_many(jobs: list[Run], parts: int) -> list[dict[int, OSError]]:
     def make_ctx(lo: int) -> int:
         k = int(np.searchsorted(base, lo, side="right") - 1)
         made.append(_plan(keep[k], jobs[k].out, jobs[k].spec.codec, codes[k], lo - int(base[k]),
-                          jobs[k].partial))
+                          jobs[k].partial, jobs[k].out.nbytes >= stream))
         return int(ffi.cast("uintptr_t", made[-1][0]))
 
     hook = hooks.ReadHook(_hook(), make_ctx, _call, max(j.plan.hint for j in jobs) or 1)
@@ -157,12 +159,14 @@ def _plan_arrays(jobs: Plan, out: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _plan(arrays: dict[str, np.ndarray], out: np.ndarray, codec: ChunkCodec, code: int,
-          lo: int, partial: bool = False) -> tuple[Any, Any]:
+          lo: int, partial: bool = False, stream: bool = False) -> tuple[Any, Any]:
     """A C plan for the part of the batch starting at read ``lo`` (own scratch buffer);
-    ``partial``: blosc chunks a job needs a part of are decoded in part."""
+    ``partial``: blosc chunks a job needs a part of are decoded in part; ``stream``: values
+    are placed with non-temporal stores."""
     p = ffi.new("lsio_kplan *")
     p.codec = code
     p.partial = partial
+    p.stream = stream
     p.ndim = len(codec.shape)
     p.itemsize = codec.dtype.itemsize
     for d, (c, s) in enumerate(zip(codec.shape, out.strides)):
