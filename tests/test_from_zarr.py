@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
+from unittest import mock
 
 import dask
 import numpy as np
@@ -16,6 +17,7 @@ from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 from zarr_cases import arrays, make_array
 
 import dask_lsio
+from dask_lsio.zarr import _kernel
 from dask_lsio.graph.clients import active_client, queue_slots, task_threads, worker_threads
 from dask_lsio.errors import ChunkDecodeError, LSIOError, UnsupportedCodecError
 from dask_lsio.io import get_engine
@@ -55,7 +57,7 @@ def test_matches_zarr_python(spec, seed):
             np.testing.assert_array_equal(x[sel].compute(), expected[sel], err_msg=str(sel))
         small = dask_lsio.from_zarr(path, chunks=tuple(max(1, n // 2) for n in expected.shape))
         np.testing.assert_array_equal(small.compute(scheduler="sync"), expected)
-        with dask.config.set({"lsio.nontemporal-bytes": 0}):  # every block streamed
+        with mock.patch.object(_kernel, "_streamed", lambda out: True):  # every block streamed
             np.testing.assert_array_equal(small.compute(scheduler="sync"), expected)
 
 
@@ -94,10 +96,11 @@ def test_blocks_are_coarse_and_aligned(big):
 
 @pytest.mark.parametrize("dtype", ["float32", "int16", "uint8", "float64"])
 @pytest.mark.parametrize("codec", ["blosc-lz4", "blosc-lz4-noshuffle", "zstd", None])
-def test_streamed_blocks_read_the_same(tmp_path, dtype, codec):
-    """Blocks of lsio.nontemporal-bytes or more are placed with non-temporal stores: the
-    same values, whether a chunk lands in pieces (1x64x100 in blocks of whole planes) or
-    whole (blocks of one chunk), sharded or not."""
+def test_streamed_blocks_read_the_same(tmp_path, monkeypatch, dtype, codec):
+    """Blocks placed with non-temporal stores (here every one) read the same values, whether
+    a chunk lands in pieces (1x64x100 in blocks of whole planes) or whole (blocks of one
+    chunk), sharded or not."""
+    monkeypatch.setattr(_kernel, "_streamed", lambda out: True)
     data = (np.random.default_rng(2).random((6, 128, 200)) * 100).astype(dtype)
     comp = {"blosc-lz4": BloscCodec(cname="lz4", shuffle="shuffle"),
             "blosc-lz4-noshuffle": BloscCodec(cname="lz4", shuffle="noshuffle"),
@@ -107,12 +110,27 @@ def test_streamed_blocks_read_the_same(tmp_path, dtype, codec):
         z = zarr.create_array(path, shape=data.shape, chunks=(1, 64, 100), shards=shards,
                               dtype=dtype, compressors=comp)
         z[:] = data
-        with dask.config.set({"lsio.nontemporal-bytes": 0}):
-            for chunks in ((2, 128, 200), (1, 64, 100)):
-                got = dask_lsio.from_zarr(path, chunks=chunks).compute(scheduler="sync")
-                np.testing.assert_array_equal(got, data, err_msg=f"{shards} {chunks}")
-            boxes = dask_lsio.read_boxes(path, [[0, 3, 5], [4, 50, 90]], (2, 70, 110))
-            np.testing.assert_array_equal(boxes[1], data[4:6, 50:120, 90:200])
+        for chunks in ((2, 128, 200), (1, 64, 100)):
+            got = dask_lsio.from_zarr(path, chunks=chunks).compute(scheduler="sync")
+            np.testing.assert_array_equal(got, data, err_msg=f"{shards} {chunks}")
+        boxes = dask_lsio.read_boxes(path, [[0, 3, 5], [4, 50, 90]], (2, 70, 110))
+        np.testing.assert_array_equal(boxes[1], data[4:6, 50:120, 90:200])
+
+
+def test_outputs_are_streamed_when_large_and_mapped():
+    """Non-temporal stores for outputs of lsio.nontemporal-bytes or more whose memory is
+    mapped already; not for fresh memory (its first-touch faults zero it through the cache)
+    nor for small outputs (their reader finds them in cache)."""
+    big = np.empty(32 << 20, np.uint8)
+    assert not _kernel._streamed(big)  # fresh: nothing mapped yet
+    big[::4096] = 1
+    assert _kernel._streamed(big)
+    assert not _kernel._streamed(big[: 8 << 20])  # below 16 MiB
+    with dask.config.set({"lsio.nontemporal-bytes": "4 MiB"}):
+        assert _kernel._streamed(big[: 8 << 20])
+    half = np.empty(32 << 20, np.uint8)
+    half[: 16 << 20] = 1
+    assert not _kernel._streamed(half)  # only part of it mapped
 
 
 def test_queue_slots_count_as_distributed_does():

@@ -6,6 +6,8 @@
  * an error, never silently wrong values.
  */
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <blosc.h>
 
 #include "_kernel.h"
@@ -202,6 +204,20 @@ static int run_job(const lsio_kplan *p, int64_t j, const char *data, int64_t n, 
     for (int d = p->ndim - 1; d >= 0; d--) { first += start[d] * st; st *= p->chunk_shape[d]; }
     copy_nd(&c, 0, &s, first, out);
     return 0;
+}
+
+#define MAPPED_SAMPLES 16
+
+int lsio_kernel_mapped(const char *p, int64_t n) {
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0 || n <= 0) return 0;
+    uintptr_t first = (uintptr_t)p / (uintptr_t)page, last = ((uintptr_t)p + n - 1) / page;
+    uintptr_t pages = last - first + 1, step = pages / MAPPED_SAMPLES + 1;
+    for (uintptr_t k = first; k <= last; k += step) {
+        unsigned char in = 0;
+        if (mincore((void *)(k * page), (size_t)page, &in) != 0 || !(in & 1)) return 0;
+    }
+    return 1;
 }
 
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n) {

@@ -88,5 +88,10 @@ int64_t lsio_kernel_encode_blosc_units(const char *src, int32_t ndim, const int6
                                        int32_t clevel, int32_t shuffle, const char *cname,
                                        int64_t blocksize);
 
+/* Whether the n bytes at p are backed by memory already (mincore of up to 16 pages spread
+ * over them, every one resident): 1 or 0. Non-temporal stores pay off only there: into fresh
+ * memory, each page's first-touch fault has just zeroed it through the cache. */
+int lsio_kernel_mapped(const char *p, int64_t n);
+
 /* The hook for hooked read batches: ctx is a lsio_kplan. Returns 0 or 1 (see job_err). */
 int lsio_kernel_hook(void *ctx, int64_t idx, const char *data, int64_t n);
