@@ -1,8 +1,9 @@
 /* dask-lsio decode kernel. See _kernel.h for the model.
  *
  * Codecs are the reference C libraries (c-blosc 1.x, libzstd, zlib), called the way
- * numcodecs calls them (_kernel_codecs.c), so what decodes here decodes there and vice versa;
- * every decoded size is checked against the chunk's size, so a corrupt or truncated chunk is
+ * numcodecs calls them (_kernel_codecs.c), so what decodes here decodes there and vice versa
+ * (blosc-LZ4 chunks placed through scratch are read by _kernel_lz4.c, which refuses what
+ * c-blosc refuses, with its error); every decoded size is checked against the chunk's size, so a corrupt or truncated chunk is
  * an error, never silently wrong values.
  */
 #include <string.h>
@@ -133,7 +134,9 @@ static void sel_span(const lsio_kplan *p, const int64_t *start, const int64_t *c
  * chunk only this job needs (`shared`: the next job needs the same chunk) is decoded in
  * part where the plan allows it (`partial`): the stream prefixes its selection needs
  * (blosc-LZ4), else the blocks it spans. Otherwise chunks are decoded whole, so that a chunk
- * zarr-python cannot decode is an error here too, whatever part of it is needed. */
+ * zarr-python cannot decode is an error here too, whatever part of it is needed: blosc-LZ4
+ * chunks of 1, 2 or 4-byte elements by the kernel itself (_kernel_lz4.h, c-blosc's checks,
+ * unshuffled in the copy), others by their library. */
 static int decode_part(const lsio_kplan *p, int64_t j, const char *src, int64_t len,
                        int64_t *held, int shared, lsio_lz4_view *view, copy_src *s) {
     int64_t want = chunk_nbytes(p), h = *held;
