@@ -3,8 +3,8 @@
  * Codecs are the reference C libraries (c-blosc 1.x, libzstd, zlib), called the way
  * numcodecs calls them (_kernel_codecs.c), so what decodes here decodes there and vice versa
  * (blosc-LZ4 chunks placed through scratch are read by _kernel_lz4.c, which refuses what
- * c-blosc refuses, with its error); every decoded size is checked against the chunk's size, so a corrupt or truncated chunk is
- * an error, never silently wrong values.
+ * c-blosc refuses, with its error); every decoded size is checked against the chunk's size,
+ * so a corrupt or truncated chunk is an error, never silently wrong values.
  */
 #include <string.h>
 #include <sys/mman.h>

@@ -92,8 +92,8 @@ int lsio_lz4_read_whole(const lsio_lz4_view *v, char *scratch, int64_t *decoded)
 /* Where the bytes of elements [e0, e1) of a block of nq elements end within [lo, hi) of its
  * (shuffled) buffer, relative to lo; 0 when none of them lie there. Shuffled, byte b of
  * element i is at b * nq + i; else element i's bytes are at i * ts. */
-static int64_t needed_end(const lsio_lz4_view *v, int64_t nq, int64_t e0, int64_t e1, int64_t lo,
-                          int64_t hi) {
+static int64_t needed_end(const lsio_lz4_view *v, int64_t nq, int64_t e0, int64_t e1,
+                          int64_t lo, int64_t hi) {
     int64_t planes = v->shuffled ? v->ts : 1, width = v->shuffled ? 1 : v->ts;
     for (int64_t b = planes - 1; b >= 0; b--) { /* the last plane that meets [lo, hi) */
         int64_t first = b * nq + e0 * width, end = b * nq + e1 * width;
@@ -105,8 +105,8 @@ static int64_t needed_end(const lsio_lz4_view *v, int64_t nq, int64_t e0, int64_
 /* Decode what elements [e0, e1) of block k need into out (the block's buffer, shuffled or
  * not): the buffer is `nsplits` streams of consecutive bytes, each decoded up to its last
  * needed byte, and streams holding none of them not at all. */
-static int read_block_part(const lsio_lz4_view *v, int64_t k, int64_t e0, int64_t e1, char *out,
-                           int64_t *decoded) {
+static int read_block_part(const lsio_lz4_view *v, int64_t k, int64_t e0, int64_t e1,
+                           char *out, int64_t *decoded) {
     int64_t bsize = block_size(v, k), nq = bsize / v->ts;
     int64_t nsplits = block_splits(v, k), neblock = bsize / nsplits;
     int64_t at = le32(v->src + BLOSC_MIN_HEADER_LENGTH + 4 * k);
@@ -143,7 +143,7 @@ static int read_block_part(const lsio_lz4_view *v, int64_t k, int64_t e0, int64_
 }
 
 int lsio_lz4_read_part(const lsio_lz4_view *v, int64_t lo, int64_t hi, char *scratch,
-                         int64_t *decoded) {
+                       int64_t *decoded) {
     for (int64_t k = lo / v->blocksize; k * v->blocksize < hi; k++) {
         int64_t start = k * v->blocksize, bsize = block_size(v, k);
         int64_t first = lo > start ? lo - start : 0, end = hi < start + bsize ? hi - start : bsize;
@@ -156,11 +156,11 @@ int lsio_lz4_read_part(const lsio_lz4_view *v, int64_t lo, int64_t hi, char *scr
 
 /* cnt elements from i0 of a shuffled block of nq elements of ts bytes, unshuffled to dst
  * (streamed: see _kernel_copy.h). */
-static inline void unshuffle(const uint8_t *blk, int64_t nq, int64_t ts, int64_t i0, int64_t cnt,
-                             uint8_t *dst, int stream) {
+static inline void unshuffle(const uint8_t *blk, int64_t nq, int64_t ts, int64_t i0,
+                             int64_t cnt, uint8_t *dst, int stream) {
     int64_t i = 0;
 #ifdef __SSE2__
-    /* (every 16-byte store below is at dst plus a multiple of 32: aligned if dst is) */
+    /* (every 16-byte store below is at dst plus a multiple of 16: aligned if dst is) */
     int nt = lsio_can_stream(dst, stream);
 #define STORE16(o, x) (nt ? _mm_stream_si128((o), (x)) : _mm_storeu_si128((o), (x)))
     if (ts == 4) {
