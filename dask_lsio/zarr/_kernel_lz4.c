@@ -66,29 +66,6 @@ static int64_t block_splits(const lsio_lz4_view *v, int64_t k) {
            bsize == v->blocksize ? v->ts : 1;
 }
 
-/* c-blosc's blosc_d, for LZ4 streams, with no allocation */
-int lsio_lz4_read_whole(const lsio_lz4_view *v, char *scratch, int64_t *decoded) {
-    int64_t nblocks = (v->nbytes + v->blocksize - 1) / v->blocksize;
-    for (int64_t k = 0; k < nblocks; k++) {
-        int64_t nsplits = block_splits(v, k), neblock = block_size(v, k) / nsplits;
-        int64_t at = le32(v->src + BLOSC_MIN_HEADER_LENGTH + 4 * k);
-        char *out = scratch + k * v->blocksize;
-        for (int64_t j = 0; j < nsplits; j++, out += neblock) {
-            if (at < 0 || at > v->n - 4) return LSIO_KERR_CORRUPT;
-            int64_t cb = le32(v->src + at);
-            at += 4;
-            if (cb < 0 || cb > v->n - at) return LSIO_KERR_CORRUPT;
-            const char *in = (const char *)v->src + at;
-            if (cb == neblock) memcpy(out, in, (size_t)neblock);
-            else if (LZ4_decompress_safe(in, out, (int)cb, (int)neblock) != neblock)
-                return LSIO_KERR_CORRUPT;
-            at += cb;
-        }
-    }
-    *decoded += v->nbytes;
-    return 0;
-}
-
 /* Where the bytes of elements [e0, e1) of a block of nq elements end within [lo, hi) of its
  * (shuffled) buffer, relative to lo; 0 when none of them lie there. Shuffled, byte b of
  * element i is at b * nq + i; else element i's bytes are at i * ts. */
@@ -152,6 +129,13 @@ int lsio_lz4_read_part(const lsio_lz4_view *v, int64_t lo, int64_t hi, char *scr
         if (e) return e;
     }
     return 0;
+}
+
+/* c-blosc's blosc_d for LZ4 streams, with no allocation: every byte of the chunk is needed,
+ * so read_block_part decodes every stream with liblz4's whole decoder, which must fill the
+ * stream's size exactly; any failure is c-blosc's one answer. */
+int lsio_lz4_read_whole(const lsio_lz4_view *v, char *scratch, int64_t *decoded) {
+    return lsio_lz4_read_part(v, 0, v->nbytes, scratch, decoded) ? LSIO_KERR_CORRUPT : 0;
 }
 
 /* cnt elements from i0 of a shuffled block of nq elements of ts bytes, unshuffled to dst
