@@ -3,6 +3,7 @@ seeds reproduce, order holds under random delays, memory stays bounded."""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -129,9 +130,9 @@ def test_prefetch_is_bounded_with_a_slow_consumer(cube, monkeypatch):
     started = []
     real = RandomCrops.batch
 
-    def counted(self, epoch, number):
+    def counted(self, epoch, number, **kw):
         started.append(number)
-        return real(self, epoch, number)
+        return real(self, epoch, number, **kw)
 
     monkeypatch.setattr(RandomCrops, "batch", counted)
     for k, _ in enumerate(crops):
@@ -140,29 +141,38 @@ def test_prefetch_is_bounded_with_a_slow_consumer(cube, monkeypatch):
     assert sorted(started) == list(range(12))
 
 
-@pytest.mark.parametrize("prefetch, at_once", [(1, 1), (2, 2), (3, 3), (5, 3)])
-def test_batches_read_at_once(cube, monkeypatch, prefetch, at_once):
-    """Up to three batches are read at once (three with prefetch=3, the default), never
-    more than prefetch."""
+@pytest.mark.parametrize("cores, prefetch, threads, at_once, per_batch", [
+    (2, 1, None, 1, 2), (2, 2, None, 2, 1), (2, 3, None, 2, 1), (2, 5, None, 2, 1),
+    (4, 3, None, 3, 1), (8, 3, None, 3, 2), (2, 3, 3, 2, 3), (2, 0, None, 1, 2)])
+def test_batches_read_at_once(cube, monkeypatch, cores, prefetch, threads, at_once, per_batch):
+    """One batch per core is read at once (never more than prefetch), each decoded on the
+    cores left over (one each, unless prefetch is below the cores); threads given are kept."""
     path, _ = cube
-    crops = RandomCrops(path, (2, 8, 8), batch_size=2, seed=0, length=9, prefetch=prefetch)
-    lock, running, most = threading.Lock(), [0], [0]
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    crops = RandomCrops(path, (2, 8, 8), batch_size=2, seed=0, length=9, prefetch=prefetch,
+                        threads=threads)
+    lock, running, most, used = threading.Lock(), [0], [0], set()
     real = RandomCrops.batch
 
-    def slow(self, epoch, number):
+    def slow(self, epoch, number, threads=None):
         with lock:
             running[0] += 1
             most[0] = max(most[0], running[0])
+            used.add(threads or self.threads or os.cpu_count())
         time.sleep(0.05)
         try:
-            return real(self, epoch, number)
+            return real(self, epoch, number, threads=threads)
         finally:
             with lock:
                 running[0] -= 1
 
     monkeypatch.setattr(RandomCrops, "batch", slow)
-    assert len(list(crops)) == 9
-    assert most[0] == at_once
+    got = list(crops)
+    assert len(got) == 9
+    assert (most[0], used) == (at_once, {per_batch})
+    monkeypatch.undo()
+    for k, b in enumerate(got):  # the same batches as read one by one
+        np.testing.assert_array_equal(b["a.zarr"], crops.batch(0, k)["a.zarr"])
 
 
 @pytest.mark.parametrize("ordered", [True, False])
