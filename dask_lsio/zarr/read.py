@@ -209,7 +209,7 @@ def _prepare(spec: ArraySpec, starts: Any, shape: tuple[int, ...], out: np.ndarr
         return cache.get(shards, store, held, keys)
 
     gap, most = store.coalescing()
-    plan, absent = planner.shard_plan(spec, cells, lookup, gap, most)
+    plan, absent = planner.shard_plan(spec, cells, lookup, gap, most, distinct=len(starts) == 1)
     fill_boxes(spec, stacked, absent.dst, absent.count)
     return out, None if plan is None else planner.Run(spec, plan, stacked, reader[0], partial)
 

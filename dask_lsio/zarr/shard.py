@@ -256,12 +256,14 @@ os.register_at_fork(after_in_child=_forget_after_fork)
 class Coalesced:
     """Merged byte ranges: per range its shard (index into the caller's shards) and first
     byte, and how many inputs it holds (``sizes``); ``order`` lists the inputs range after
-    range (by offset within one)."""
+    range (by offset within one); ``in_order``: the inputs were in that order already
+    (``order`` is 0, 1, 2 ...)."""
 
     shard: np.ndarray
     start: np.ndarray
     sizes: np.ndarray
     order: np.ndarray
+    in_order: bool = False
 
 
 def coalesce(shards: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, gap: int,
@@ -275,12 +277,40 @@ def coalesce(shards: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, gap: 
     """
     from ._kernel import coalesce_sorted  # (the kernel's module imports this one)
 
-    order = np.lexsort((offsets, shards))
-    sh, off, end = shards[order], offsets[order], (offsets + lengths)[order]
+    in_order = _sorted(shards, offsets)
+    if in_order:  # a region's chunks, written in C order: no sort needed
+        order = np.arange(len(shards))
+        sh, off, end = shards, offsets, offsets + lengths
+    else:
+        order = _order(shards, offsets)
+        sh, off, end = shards[order], offsets[order], (offsets + lengths)[order]
     at = coalesce_sorted(sh, off, end, gap, limit)
     if at is None:  # the kernel is not built
         at = coalesce_loop(sh, off, end, gap, limit)
-    return Coalesced(sh[at], off[at], np.diff(np.append(at, len(order))), order)
+    return Coalesced(sh[at], off[at], np.diff(np.append(at, len(order))), order, in_order)
+
+
+def _sorted(shards: np.ndarray, offsets: np.ndarray) -> bool:
+    """Whether the rows are in (shard, offset) order already (what np.lexsort returns for
+    them, equal rows keeping their order)."""
+    if len(shards) < 2:
+        return True
+    ds, do = np.diff(shards), np.diff(offsets)
+    return bool(((ds > 0) | ((ds == 0) & (do >= 0))).all())
+
+
+def _order(shards: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """The rows by shard, then offset: ``np.lexsort((offsets, shards))``, but sorting one
+    int64 key where it fits (numpy's SIMD argsort: 1.6 ms for 131,072 rows against 9 ms;
+    zarr-python writes a shard's chunks in Morton order, so a region's rows come unsorted).
+    Rows of equal key (one chunk several boxes need) stay adjacent, in any order."""
+    if not len(shards):
+        return np.zeros(0, np.int64)
+    span = int(offsets.max()) + 1
+    if int(offsets.min()) >= 0 and int(shards.min()) >= 0 and \
+            (int(shards.max()) + 1) * span < 2**62:
+        return np.argsort(shards.astype(np.int64) * span + offsets)
+    return np.lexsort((offsets, shards))
 
 
 def coalesce_loop(shards: np.ndarray, offsets: np.ndarray, ends: np.ndarray, gap: int,
