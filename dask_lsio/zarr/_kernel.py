@@ -156,7 +156,8 @@ def _raise_job_error(jobs: Plan, codec: ChunkCodec, job_err: np.ndarray) -> None
 
 def _plan_arrays(jobs: Plan, out: np.ndarray) -> dict[str, np.ndarray]:
     """The C-contiguous int64 columns the C plan points into (kept alive by the caller)."""
-    dst_off = (jobs.dst.astype(np.int64) * np.asarray(out.strides, np.int64)).sum(axis=1)
+    # (a matrix product: 0.45 ms for 131,072 jobs against 4.4 for a product and a row sum)
+    dst_off = jobs.dst.astype(np.int64, copy=False) @ np.asarray(out.strides, np.int64)
     sel = np.ascontiguousarray(np.concatenate([jobs.start, jobs.count], axis=1), np.int64)
     return {
         "job_at": np.ascontiguousarray(jobs.job_at, np.int64),
