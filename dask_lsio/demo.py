@@ -121,12 +121,13 @@ def statistics(path: Path, nbytes: int, xr: Any) -> Row:
     def stats(ds: Any) -> tuple:
         return dask.compute(ds.t2m.mean("time"), ds.t2m.std("time"))
 
-    # the floor: the same arithmetic on the values already in memory (run twice: the first
-    # run also pays this VM's first touch of fresh memory, for every reader after it)
+    # the floor: the same arithmetic on the values already in memory (the fastest of three
+    # runs after a first: that one also pays this VM's first touch of fresh memory, for
+    # every reader after it; one run alone came out above the read itself on a noisy VM)
     held = ours.copy(data=None).assign(t2m=ours.t2m.copy(data=ours.t2m.data.persist()))
     stats(held)
-    t_memory = timed(lambda: stats(held))
-    del held
+    t_memory = min(timed(lambda: stats(held)) for _ in range(3))
+    held = None  # (its memory back before the reads)
     with ProgressBar(minimum=0.5):
         t_ours, (mean, std) = timed_result(lambda: stats(ours))
     print(f"      dask_lsio.open_zarr: {rate(nbytes, t_ours)}")
@@ -139,8 +140,8 @@ def statistics(path: Path, nbytes: int, xr: Any) -> Row:
     xr.testing.assert_allclose(std, std2, rtol=1e-4)
     return Row("statistics (open_zarr, mean+std over time)", nbytes / t_ours / 1e9,
                "xarray.open_zarr", nbytes / t_plain / 1e9, "GB/s",
-               f"of its {t_ours:.2f} s, {t_memory:.2f} s are xarray's arithmetic (the same "
-               "on values already in memory): reading cost dask-lsio "
+               f"of its {t_ours:.2f} s, {min(t_memory, t_ours):.2f} s are xarray's arithmetic "
+               "(the same on values already in memory): reading cost dask-lsio "
                f"{max(t_ours - t_memory, 0):.2f} s, xarray.open_zarr {t_plain - t_memory:.1f} s")
 
 
