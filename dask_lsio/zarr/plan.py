@@ -267,16 +267,14 @@ def _ranged(keys: list[str], shard_no: np.ndarray, entry: np.ndarray, cells: Cel
         shard_no, offsets, lengths = shard_no[keep], offsets[keep], lengths[keep]
     ranges = coalesce(shard_no, offsets, lengths, gap, limit)
     sizes, starts = ranges.sizes, ranges.start
-    if ranges.in_order:  # (a region's chunks, mostly) no gather: the columns as they are
-        start, count, dst = cells.start, cells.count, cells.dst
-        if keep is not None:
-            start, count, dst = _rows(start, keep), _rows(count, keep), _rows(dst, keep)
-    else:
-        order = ranges.order
-        offsets, lengths = offsets[order], lengths[order]
-        rows = order if keep is None else keep[order]  # one gather of the cells' columns
-        start, count, dst = _rows(cells.start, rows), _rows(cells.count, rows), \
-            _rows(cells.dst, rows)
+    # the cells' rows, read after read: one gather of their columns (none for a region's
+    # chunks already in order and all present)
+    rows = keep
+    if not ranges.in_order:
+        offsets, lengths = offsets[ranges.order], lengths[ranges.order]
+        rows = ranges.order if keep is None else keep[ranges.order]
+    columns = (cells.start, cells.count, cells.dst)
+    start, count, dst = columns if rows is None else (_rows(c, rows) for c in columns)
     ends = np.maximum.reduceat(offsets + lengths, np.cumsum(sizes) - sizes)
     return Plan(
         [keys[s] for s in ranges.shard.tolist()], starts, ends - starts,
